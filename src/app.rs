@@ -1,0 +1,166 @@
+//! Wiring: builds the registry and the engine, binds the three listeners, runs the fronts, and
+//! shuts everything down in order. The only module that knows every other one.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::pipe::{self, PipeSettings};
+use crate::proxy::{self, Engine, EngineSettings};
+use crate::registry::apply::ProxyDefaults;
+use crate::registry::clock::SystemClock;
+use crate::registry::{Registry, RegistrySettings};
+use crate::shutdown::Shutdown;
+
+/// A running Switchyard: its bound addresses and the means to stop it.
+pub struct AppHandle {
+    proxy_addr: SocketAddr,
+    pipe_addr: SocketAddr,
+    api_addr: SocketAddr,
+    registry: Registry,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AppHandle {
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn pipe_addr(&self) -> SocketAddr {
+        self.pipe_addr
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The registry every front drives.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn trigger_shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Shuts down gracefully and waits until every listener has finished.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        self.wait().await;
+    }
+
+    /// Waits until every listener has finished (after a shutdown was triggered).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "listener task failed");
+            }
+        }
+    }
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the {name} listener to {addr}: {e}"),
+        )
+    })?;
+    Ok(listener)
+}
+
+/// Binds every listener and starts serving; returns once all of them accept connections.
+pub async fn start(config: Config) -> std::io::Result<AppHandle> {
+    let shutdown = Shutdown::new();
+    let engine = Engine::new(EngineSettings {
+        connect_timeout: config.default_connect_timeout,
+    });
+    let registry = Registry::new(
+        engine.clone(),
+        Arc::new(SystemClock),
+        RegistrySettings {
+            max_sessions: config.max_sessions,
+            max_routes_per_session: config.max_routes_per_session,
+            staged_ttl: config.staged_ttl,
+            auth_token: config.auth_token.clone(),
+            proxy: ProxyDefaults {
+                timeout: config.default_timeout,
+                connect_timeout: config.default_connect_timeout,
+                max_body_size: config.default_max_body_size,
+            },
+            ..RegistrySettings::default()
+        },
+    );
+    let proxy_listener = bind("proxy", config.proxy_listen).await?;
+    let pipe_listener = bind("pipe", config.registry_listen).await?;
+    let api_listener = bind("api", config.api_listen).await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let pipe_addr = pipe_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+    for (name, addr) in [("api", config.api_listen), ("pipe", config.registry_listen)] {
+        if !addr.ip().is_loopback() && config.auth_token.is_none() {
+            tracing::warn!("the {name} listener is bound to {addr} without an auth token");
+        }
+    }
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(proxy::serve(
+        engine,
+        proxy_listener,
+        shutdown.clone(),
+        config.shutdown_wait,
+    )));
+    tracing::info!("proxy listening on {proxy_addr}");
+    tasks.push(tokio::spawn(pipe::serve(
+        registry.clone(),
+        pipe_listener,
+        shutdown.clone(),
+        PipeSettings {
+            shutdown_wait: config.shutdown_wait,
+            ..PipeSettings::default()
+        },
+    )));
+    tracing::info!("pipe listening on {pipe_addr}");
+    tasks.push(tokio::spawn(serve_api(api_listener, shutdown.clone())));
+    tracing::info!("api listening on {api_addr}");
+
+    Ok(AppHandle {
+        proxy_addr,
+        pipe_addr,
+        api_addr,
+        registry,
+        shutdown,
+        tasks,
+    })
+}
+
+/// The api listener: `/healthz` until the gRPC and HTTP fronts arrive.
+async fn serve_api(listener: TcpListener, shutdown: Shutdown) {
+    let router = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+    );
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "api listener failed");
+    }
+}
+
+/// Runs until `stop` resolves (a signal), then shuts down gracefully. A second `stop`-like
+/// signal during the shutdown is the caller's business (main exits at once).
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+    let app = start(config).await?;
+    stop.await;
+    tracing::info!("shutting down");
+    app.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

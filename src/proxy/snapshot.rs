@@ -1,0 +1,87 @@
+//! The immutable configuration the registry publishes: pools of members per (domain, path),
+//! with every setting already resolved, so the hot path only reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use super::live::MemberLive;
+use super::table::RouteTable;
+
+/// What the proxy serves: one routing table, swapped whole on every apply.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub table: RouteTable,
+}
+
+impl Snapshot {
+    /// Builds the snapshot of the given pools.
+    pub fn new(pools: Vec<Pool>) -> Snapshot {
+        Snapshot {
+            table: RouteTable::build(pools),
+        }
+    }
+}
+
+/// Members that share one (domain, path) pair, with the pool-level settings (§3.10).
+#[derive(Debug)]
+pub struct Pool {
+    /// Lower-cased; `*.example.com` for a wildcard pair.
+    pub domain: String,
+    pub path: String,
+    pub priority: i32,
+    pub settings: PoolSettings,
+    pub members: Vec<Member>,
+}
+
+/// Settings taken from the member whose session applied most recently.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Effective response headers, set on every response of the pool.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub websocket: bool,
+    pub compression: bool,
+    /// 0 = unlimited.
+    pub max_body_size: u64,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            headers: Vec::new(),
+            websocket: false,
+            compression: false,
+            max_body_size: 100 << 20,
+            strip_prefix: false,
+            preserve_host: true,
+        }
+    }
+}
+
+/// One route of one session inside a pool.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The route id's number: members are keyed by route (ids are registry-wide).
+    pub id: u64,
+    pub upstream: Upstream,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub live: Arc<MemberLive>,
+}
+
+/// Where a member's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `http` or `https` (`ws`/`wss` backends are dialled over HTTP).
+    pub scheme: &'static str,
+    /// `host:port` to dial.
+    pub authority: String,
+    /// The host as written in the URL, with its port if one was written (`Host` when
+    /// `preserve_host` is off).
+    pub host_header: String,
+    /// The URL's path without one trailing `/`.
+    pub base_path: String,
+}

@@ -88,6 +88,8 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
             max_sessions: config.max_sessions,
             max_routes_per_session: config.max_routes_per_session,
             staged_ttl: config.staged_ttl,
+            session_grace: config.session_grace,
+            session_lease: config.session_lease,
             auth_token: config.auth_token.clone(),
             proxy: ProxyDefaults {
                 timeout: config.default_timeout,
@@ -109,7 +111,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
         }
     }
 
-    let mut tasks = Vec::new();
+    let mut tasks = registry.spawn_background(shutdown.clone());
     tasks.push(tokio::spawn(proxy::serve(
         engine,
         proxy_listener,

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 /// The `C:`/`S:` lines of the fenced block under `## Transcript`.
 fn transcript() -> Vec<(char, String)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pipe-protocol.md"))
-        .expect("docs/pipe-protocol.md exists");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/pipe-protocol.md"
+    ))
+    .expect("docs/pipe-protocol.md exists");
     let section = doc
         .split("\n## Transcript")
         .nth(1)

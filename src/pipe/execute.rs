@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use crate::registry::model::{route_input_from_json, split_list, RouteInput};
+use crate::registry::operate::{BackendTest, StatsReport};
 use crate::registry::views::Reconnect;
 use crate::registry::{BulkInput, Caller, ConnId, Error, RegisterRequest, Registry};
 
@@ -94,18 +95,53 @@ pub async fn execute(registry: &Registry, conn: ConnId, peer: IpAddr, cmd: &Comm
         Verb::ConfigApplyPartial => registry
             .config_apply_partial(caller, sid, &split_list(a(0)))
             .map(done("OK")),
-        Verb::CircuitBreakerStatus
-        | Verb::CircuitBreakerReset
-        | Verb::DrainStart
-        | Verb::DrainStatus
-        | Verb::DrainCancel
-        | Verb::MaintEnter
-        | Verb::MaintExit
-        | Verb::MaintStatus
-        | Verb::StatsGet
-        | Verb::BackendTest
-        | Verb::Subscribe
-        | Verb::Unsubscribe => Err(Error::UnknownCommand(cmd.verb.word().to_string())),
+        Verb::CircuitBreakerStatus => registry
+            .circuit_breaker_status(caller, sid, a(0))
+            .map(|status| Reply::json("CIRCUIT_STATUS_OK", &status)),
+        Verb::CircuitBreakerReset => registry
+            .circuit_breaker_reset(caller, sid, a(0))
+            .map(done("CIRCUIT_OK")),
+        Verb::DrainStart => registry
+            .drain_start(caller, sid, a(0))
+            .map(|at| Reply::text("DRAIN_OK", at)),
+        Verb::DrainStatus => registry
+            .drain_status(caller, sid)
+            .map(|status| Reply::json("DRAIN_STATUS_OK", &status)),
+        Verb::DrainCancel => registry.drain_cancel(caller, sid).map(done("DRAIN_OK")),
+        Verb::MaintEnter => registry
+            .maint_enter(caller, sid, a(0), a(1), cmd.txn.clone())
+            .map(done("ACK")),
+        Verb::MaintExit => registry
+            .maint_exit(caller, sid, a(0), cmd.txn.clone())
+            .map(done("ACK")),
+        Verb::MaintStatus => registry
+            .maint_status(caller, sid)
+            .map(|status| Reply::json("MAINT_STATUS_OK", &status)),
+        Verb::StatsGet => {
+            let (target, compressed) = match a(0) {
+                "compressed" => ("", true),
+                target => (target, a(1) == "compressed"),
+            };
+            registry
+                .stats_get(caller, sid, target)
+                .map(|report| match report {
+                    StatsReport::All(all) => Reply::json_compressible("STATS_OK", &all, compressed),
+                    StatsReport::One(one) => Reply::json_compressible("STATS_OK", &one, compressed),
+                })
+        }
+        Verb::BackendTest => registry
+            .backend_test(caller, sid, a(0))
+            .await
+            .map(|result| match result {
+                BackendTest::Reachable { .. } => Reply::json("BACKEND_OK", &result),
+                BackendTest::Unreachable { .. } => Reply::json("BACKEND_FAIL", &result),
+            }),
+        Verb::Subscribe => registry
+            .subscribe(caller, sid, &split_list(a(0)))
+            .map(done("SUBSCRIBE_OK")),
+        Verb::Unsubscribe => registry
+            .unsubscribe(caller, sid, &split_list(a(0)))
+            .map(done("UNSUBSCRIBE_OK")),
     };
     result.unwrap_or_else(|e| Reply::error(&e))
 }

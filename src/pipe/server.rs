@@ -12,6 +12,7 @@ use super::codec::{classify, Frame, FrameError, LineKind, LineReader};
 use super::command::parse;
 use super::execute::execute;
 use super::reply::Reply;
+use crate::registry::events::{OutboxReceiver, Outgoing};
 use crate::registry::{Error, Registry};
 use crate::shutdown::Shutdown;
 
@@ -21,6 +22,8 @@ pub struct PipeSettings {
     pub max_line: usize,
     pub partial_line_timeout: Duration,
     pub shutdown_wait: Duration,
+    /// How long a half-closed connection waits for owed maintenance completions.
+    pub completion_wait: Duration,
 }
 
 impl Default for PipeSettings {
@@ -29,6 +32,7 @@ impl Default for PipeSettings {
             max_line: 16_384,
             partial_line_timeout: Duration::from_secs(30),
             shutdown_wait: Duration::from_secs(5),
+            completion_wait: Duration::from_secs(9),
         }
     }
 }
@@ -92,7 +96,7 @@ async fn connection(
 ) {
     set_keepalive(&stream);
     let _ = stream.set_nodelay(true);
-    let conn = registry.open_connection();
+    let (conn, mut outbox) = registry.open_connection();
     let (read, mut write) = stream.into_split();
     let mut reader = LineReader::new(read, settings.max_line, settings.partial_line_timeout);
     let session = Session {
@@ -101,13 +105,41 @@ async fn connection(
         peer,
     };
     if let Err(error) = session
-        .run(&mut reader, &mut write, &shutdown, &settings)
+        .run(&mut reader, &mut outbox, &mut write, &shutdown, &settings)
         .await
     {
         tracing::debug!(%error, %peer, "pipe connection error");
     }
     let _ = write.shutdown().await;
     registry.close_connection(conn);
+}
+
+/// The line of an asynchronous item.
+fn render_async(item: Outgoing) -> String {
+    match item {
+        Outgoing::Event(event) => format!("EVENT|{}|{}\n", event.kind.as_str(), event.pipe_json),
+        Outgoing::Completion { txn, outcome } => match outcome {
+            Ok(target) => Reply::text("MAINT_OK", target).render(txn.as_deref()),
+            Err(error) => Reply::error(&error).render(txn.as_deref()),
+        },
+    }
+}
+
+/// At end of stream: the maintenance completions still owed are written (within their bound),
+/// then the connection closes (§1.2).
+async fn finish<W: AsyncWrite + Unpin>(
+    outbox: &mut OutboxReceiver,
+    write: &mut W,
+    settings: &PipeSettings,
+) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + settings.completion_wait;
+    while outbox.pending_completions() > 0 {
+        match tokio::time::timeout_at(deadline, outbox.recv()).await {
+            Ok(Some(item)) => write.write_all(render_async(item).as_bytes()).await?,
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// One connection's conversation.
@@ -121,6 +153,7 @@ impl Session<'_> {
     async fn run<R, W>(
         &self,
         reader: &mut LineReader<R>,
+        outbox: &mut OutboxReceiver,
         write: &mut W,
         shutdown: &Shutdown,
         settings: &PipeSettings,
@@ -130,10 +163,16 @@ impl Session<'_> {
         W: AsyncWrite + Unpin,
     {
         loop {
+            // Asynchronous lines go out only while no command read is unanswered (§5.4).
+            let idle = !reader.has_buffered_line();
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return self.goodbye(reader, write, settings).await,
                 frame = reader.next() => frame,
+                Some(line) = outbox.recv(), if idle => {
+                    write.write_all(render_async(line).as_bytes()).await?;
+                    continue;
+                }
             };
             let line = match frame {
                 Ok(Frame::Line(bytes)) => match classify(&bytes) {
@@ -149,7 +188,7 @@ impl Session<'_> {
                     }
                 },
                 Ok(Frame::TooLong) => "ERROR|line too long\n".to_string(),
-                Ok(Frame::Eof) => return Ok(()),
+                Ok(Frame::Eof) => return finish(outbox, write, settings).await,
                 Err(FrameError::SlowSender) => {
                     tracing::debug!(peer = %self.peer, "partial line not completed in time");
                     return Ok(());

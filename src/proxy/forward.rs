@@ -2,12 +2,13 @@
 //! the forwarding headers, and map failures to the built-in pages (§3.10 steps 1–8).
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{self, HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -17,19 +18,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
+use super::body::{Counted, Direction};
+use super::breaker::Permit;
+use super::live::MaintenancePage;
 use super::pages::Page;
 use super::pool::choose;
-use super::snapshot::{Member, Pool};
+use super::snapshot::{Member, Pool, Upstream};
 use super::table::{join_path, normalize_host};
 use super::Engine;
 use crate::shutdown::Shutdown;
 
 /// Bodies the proxy answers with: the backend's stream, or a built-in page.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Counted, Full<Bytes>>;
 
 /// The upstream HTTP client (hyper-util's pooled client for now; PERFORMANCE.md).
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, Counted>;
 
 /// Builds the pooled upstream client.
 pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
@@ -58,6 +63,8 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
+static X_DRAIN_MODE: HeaderName = HeaderName::from_static("x-drain-mode");
 
 /// Removes hop-by-hop headers, those named in `Connection` included.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -74,9 +81,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// A built-in page with the pool's route headers when a pool was chosen.
-fn page(page: Page, request: &HeaderMap, pool: Option<&Pool>) -> Response<ProxyBody> {
-    let mut resp = page.render(request).map(Either::Right);
+/// A built-in page, with the pool's route headers when a pool was chosen.
+fn page(page: Page, accept: Option<&HeaderValue>, pool: Option<&Pool>) -> Response<ProxyBody> {
+    let mut resp = page.render(accept).map(Either::Right);
     if let Some(pool) = pool {
         apply_route_headers(resp.headers_mut(), pool, true);
     }
@@ -84,107 +91,222 @@ fn page(page: Page, request: &HeaderMap, pool: Option<&Pool>) -> Response<ProxyB
 }
 
 /// Sets the pool's effective headers, replacing same-named ones; on the proxy's own pages its
-/// framing and status headers are kept (§3.10 step 8).
+/// caching, retry, mode and type headers are kept (§3.10 step 8).
 fn apply_route_headers(headers: &mut HeaderMap, pool: &Pool, own_page: bool) {
     for (name, value) in &pool.settings.headers {
-        if own_page
-            && (name == header::CACHE_CONTROL
-                || name == header::RETRY_AFTER
-                || name == header::CONTENT_TYPE
-                || name.as_str() == "x-maintenance-mode"
-                || name.as_str() == "x-drain-mode")
-        {
+        let kept = name == header::CACHE_CONTROL
+            || name == header::RETRY_AFTER
+            || name == header::CONTENT_TYPE
+            || name == X_MAINTENANCE_MODE
+            || name == X_DRAIN_MODE;
+        if own_page && kept && headers.contains_key(name) {
             continue;
         }
         headers.insert(name.clone(), value.clone());
     }
 }
 
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    // An IP address in text form is always a valid header value.
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+/// What the request told us before it was consumed.
+struct RequestInfo {
+    peer: SocketAddr,
+    host_raw: String,
+    accept: Option<HeaderValue>,
 }
 
 impl Engine {
     /// Serves one proxied request end to end.
     pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        let accept = req.headers().get(ACCEPT).cloned();
         let host_raw = req
             .headers()
             .get(HOST)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         let Some((host_raw, host)) =
-            host_raw.and_then(|raw| normalize_host(&raw).map(|h| (raw, h)))
+            host_raw.and_then(|raw| normalize_host(raw).map(|h| (raw.to_string(), h)))
         else {
-            return page(Page::InvalidHost, req.headers(), None);
+            return page(Page::InvalidHost, accept.as_ref(), None);
         };
         let snapshot = self.snapshot();
         let Some(pool) = snapshot.table.lookup(&host, req.uri().path()) else {
-            return page(Page::NoRoute, req.headers(), None);
+            return page(Page::NoRoute, accept.as_ref(), None);
         };
-        if is_upgrade(req.headers()) && !pool.settings.websocket {
-            return page(Page::WebsocketRefused, req.headers(), Some(pool));
+        if req.headers().contains_key(header::UPGRADE) && !pool.settings.websocket {
+            return page(Page::WebsocketRefused, accept.as_ref(), Some(pool));
         }
         if body_too_large(req.headers(), pool.settings.max_body_size) {
-            return page(Page::BodyTooLarge, req.headers(), Some(pool));
+            return page(Page::BodyTooLarge, accept.as_ref(), Some(pool));
         }
-        let Some(member) = choose(&pool.members) else {
-            let mut resp = page(Page::NoBackend, req.headers(), Some(pool));
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-            return resp;
+        let info = RequestInfo {
+            peer,
+            host_raw,
+            accept,
         };
-        self.forward(peer, &host_raw, pool, member, req).await
+        let chosen = choose(&pool.members).and_then(|m| Some((m, m.live.breaker.acquire()?)));
+        match chosen {
+            Some((member, permit)) => self.forward(&info, pool, member, permit, req).await,
+            None => self.unavailable(&info, pool, req).await,
+        }
     }
 
     async fn forward(
         &self,
-        peer: SocketAddr,
-        host_raw: &str,
+        info: &RequestInfo,
         pool: &Pool,
         member: &Member,
+        permit: Permit,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let request_headers = req.headers().clone();
-        let upstream = match build_upstream_request(peer, host_raw, pool, member, req) {
-            Some(r) => r,
-            None => return page(Page::InvalidHost, &request_headers, Some(pool)),
-        };
         let live = &member.live;
+        let started = Instant::now();
+        let body_sink = Some(live.clone());
+        let Some(upstream) = upstream_request(info, pool, &member.upstream, None, req, body_sink)
+        else {
+            return page(Page::InvalidHost, info.accept.as_ref(), Some(pool));
+        };
         let _in_flight = live.begin();
-        live.stats
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = tokio::time::timeout(member.timeout, self.client.request(upstream)).await;
-        let mut resp = match outcome {
+        let (status, resp) = match outcome {
             Ok(Ok(resp)) => {
-                if resp.status().is_server_error() {
-                    live.stats
-                        .errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                let mut resp = resp.map(Either::Left);
+                let status = resp.status().as_u16();
+                let mut resp =
+                    resp.map(|b| Either::Left(Counted::new(b, live.clone(), Direction::Sent)));
                 strip_hop_by_hop(resp.headers_mut());
                 apply_route_headers(resp.headers_mut(), pool, false);
-                return resp;
+                (status, resp)
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, member = member.id, "upstream transport error");
-                page(Page::BadGateway, &request_headers, Some(pool))
+                (
+                    502,
+                    page(Page::BadGateway, info.accept.as_ref(), Some(pool)),
+                )
             }
-            Err(_) => page(Page::GatewayTimeout, &request_headers, Some(pool)),
+            Err(_) => (
+                504,
+                page(Page::GatewayTimeout, info.accept.as_ref(), Some(pool)),
+            ),
         };
-        live.stats
-            .errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        apply_route_headers(resp.headers_mut(), pool, true);
+        live.stats.record(status, started.elapsed());
+        if let Some(t) = live.breaker.record(permit, status < 500) {
+            self.report_breaker(member.id, live, t);
+        }
         resp
+    }
+
+    /// No member is available (§3.10 step 4): the maintenance response of the most recent
+    /// member in maintenance, else the built-in 503.
+    async fn unavailable(
+        &self,
+        info: &RequestInfo,
+        pool: &Pool,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        pool.live.unavailable.fetch_add(1, Ordering::Relaxed);
+        let in_maintenance = pool
+            .members
+            .iter()
+            .filter(|m| m.live.connected())
+            .filter_map(|m| m.live.maintenance().map(|mark| (mark, m)))
+            .max_by_key(|(mark, _)| mark.order);
+        if let Some((mark, member)) = in_maintenance {
+            if let Some(page_url) = &mark.page {
+                if let Some(resp) = self
+                    .maintenance_page(info, pool, member, page_url, req)
+                    .await
+                {
+                    return resp;
+                }
+            }
+            let mut resp = page(Page::Maintenance, info.accept.as_ref(), Some(pool));
+            let h = resp.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+            h.insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("true"));
+            return resp;
+        }
+        let mut resp = page(Page::NoBackend, info.accept.as_ref(), Some(pool));
+        let h = resp.headers_mut();
+        h.insert(header::RETRY_AFTER, retry_after(pool));
+        if drain_is_the_only_reason(pool) {
+            h.insert(X_DRAIN_MODE.clone(), HeaderValue::from_static("true"));
+        }
+        resp
+    }
+
+    /// Forwards the request to a maintenance page URL; `None` when that fails.
+    async fn maintenance_page(
+        &self,
+        info: &RequestInfo,
+        pool: &Pool,
+        member: &Member,
+        page_url: &MaintenancePage,
+        req: Request<Incoming>,
+    ) -> Option<Response<ProxyBody>> {
+        let upstream = upstream_request(
+            info,
+            pool,
+            &page_url.upstream,
+            page_url.query.as_deref(),
+            req,
+            None,
+        )?;
+        let resp = tokio::time::timeout(member.timeout, self.client.request(upstream))
+            .await
+            .ok()?
+            .ok()?;
+        if resp.status().is_server_error() {
+            return None;
+        }
+        let mut resp = resp.map(|b| Either::Left(Counted::uncounted(b)));
+        strip_hop_by_hop(resp.headers_mut());
+        apply_route_headers(resp.headers_mut(), pool, true);
+        resp.headers_mut()
+            .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("true"));
+        Some(resp)
     }
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Whether every member is held back by nothing but its breaker.
+fn breakers_are_the_only_reason(pool: &Pool) -> bool {
+    pool.members.iter().all(|m| {
+        let l = &m.live;
+        l.connected()
+            && l.healthy()
+            && !l.in_maintenance()
+            && l.weight() > 0.0
+            && !l.breaker.admits()
+    })
+}
+
+/// Whether, for every member, a completed drain is the only reason.
+fn drain_is_the_only_reason(pool: &Pool) -> bool {
+    !pool.members.is_empty()
+        && pool.members.iter().all(|m| {
+            let l = &m.live;
+            l.connected()
+                && l.healthy()
+                && !l.in_maintenance()
+                && l.breaker.admits()
+                && l.drain().is_some()
+                && l.weight() <= 0.0
+        })
+}
+
+/// `Retry-After` of the built-in 503: 30, or the seconds until the earliest breaker attempt.
+fn retry_after(pool: &Pool) -> HeaderValue {
+    if pool.members.is_empty() || !breakers_are_the_only_reason(pool) {
+        return HeaderValue::from_static("30");
+    }
+    let now = Instant::now();
+    let secs = pool
+        .members
+        .iter()
+        .filter_map(|m| m.live.breaker.reopen_at())
+        .map(|at| at.saturating_duration_since(now).as_secs_f64().ceil() as u64)
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    HeaderValue::from(secs)
 }
 
 fn body_too_large(headers: &HeaderMap, max: u64) -> bool {
@@ -196,25 +318,27 @@ fn body_too_large(headers: &HeaderMap, max: u64) -> bool {
             .is_some_and(|len| len > max)
 }
 
-/// The request to send upstream: target URL of §3.10 step 6 and the forwarding headers.
-fn build_upstream_request(
-    peer: SocketAddr,
-    host_raw: &str,
+/// The request to send to `upstream`: the target URL of §3.10 step 6 (with `fallback_query`
+/// when the request has none) and the forwarding headers.
+fn upstream_request(
+    info: &RequestInfo,
     pool: &Pool,
-    member: &Member,
+    upstream: &Upstream,
+    fallback_query: Option<&str>,
     req: Request<Incoming>,
-) -> Option<Request<Incoming>> {
+    body_sink: Option<Arc<super::MemberLive>>,
+) -> Option<Request<Counted>> {
     let (mut parts, body) = req.into_parts();
     let target = join_path(
-        &member.upstream.base_path,
+        &upstream.base_path,
         &pool.path,
         pool.settings.strip_prefix,
         parts.uri.path(),
-        parts.uri.query(),
+        parts.uri.query().or(fallback_query),
     );
     parts.uri = Uri::builder()
-        .scheme(member.upstream.scheme)
-        .authority(member.upstream.authority.as_str())
+        .scheme(upstream.scheme)
+        .authority(upstream.authority.as_str())
         .path_and_query(target)
         .build()
         .ok()?;
@@ -222,25 +346,30 @@ fn build_upstream_request(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     let host_value = if pool.settings.preserve_host {
-        HeaderValue::from_str(host_raw).ok()?
+        HeaderValue::from_str(&info.host_raw).ok()?
     } else {
-        HeaderValue::from_str(&member.upstream.host_header).ok()?
+        HeaderValue::from_str(&upstream.host_header).ok()?
     };
     headers.insert(HOST, host_value);
-    let ip = ip_value(peer.ip());
+    let ip = info.peer.ip().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prior}, {}", peer.ip())).ok()?
-        }
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
         _ => ip.clone(),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        HeaderValue::from_str(&forwarded_for).ok()?,
+    );
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     headers.insert(
         X_FORWARDED_HOST.clone(),
-        HeaderValue::from_str(host_raw).ok()?,
+        HeaderValue::from_str(&info.host_raw).ok()?,
     );
-    headers.insert(X_REAL_IP.clone(), ip);
+    headers.insert(X_REAL_IP.clone(), HeaderValue::from_str(&ip).ok()?);
+    let body = match body_sink {
+        Some(live) => Counted::new(body, live, Direction::Received),
+        None => Counted::uncounted(body),
+    };
     Some(Request::from_parts(parts, body))
 }
 

@@ -1,51 +1,97 @@
-//! Per-member live state: what changes without an apply (connected, maintenance, drain weight,
-//! health, in-flight requests, counters). Atomics behind an `Arc` that snapshots point to.
+//! Per-member live state: what changes without an apply (connected, maintenance, drain ramp,
+//! health, breaker, in-flight requests, statistics). Atomics behind an `Arc` that snapshots
+//! point to, so a member that survives an apply keeps its state.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
+
+use super::breaker::Breaker;
+use super::snapshot::Upstream;
+use super::stats::MemberStats;
 
 /// Full traffic weight of a member that is not draining.
-pub const FULL_WEIGHT: f32 = 100.0;
+pub const FULL_WEIGHT: f64 = 100.0;
 
-/// The live state of one member (one route of one session). A member that survives an apply
-/// keeps the same `MemberLive`, so its state and counters carry over.
-#[derive(Debug)]
-pub struct MemberLive {
-    connected: AtomicBool,
-    maintenance: AtomicBool,
-    healthy: AtomicBool,
-    /// f32 bits of the drain weight, 0 ..= 100.
-    weight: AtomicU32,
-    in_flight: AtomicU32,
-    /// Counters of forwarded requests.
-    pub stats: MemberCounters,
+/// Where a member in maintenance sends its requests.
+#[derive(Debug, Clone)]
+pub struct MaintenancePage {
+    /// The page URL as sent.
+    pub raw: String,
+    pub upstream: Upstream,
+    /// The URL's own query, used when the request has none.
+    pub query: Option<String>,
 }
 
-/// Cheap counters on the hot path; the engine issue adds status codes and latency.
-#[derive(Debug, Default)]
-pub struct MemberCounters {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
+/// A member's maintenance mark.
+#[derive(Debug, Clone)]
+pub struct MaintenanceMark {
+    /// `None`: the built-in maintenance page.
+    pub page: Option<MaintenancePage>,
+    /// Larger is more recent: the pool answers with the most recent member's page.
+    pub order: u64,
 }
 
-impl Default for MemberLive {
-    fn default() -> Self {
-        MemberLive {
-            connected: AtomicBool::new(true),
-            maintenance: AtomicBool::new(false),
-            healthy: AtomicBool::new(true),
-            weight: AtomicU32::new(FULL_WEIGHT.to_bits()),
-            in_flight: AtomicU32::new(0),
-            stats: MemberCounters::default(),
+/// A linear drain ramp (PROTOCOL §4.25).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainRamp {
+    pub start: Instant,
+    pub duration: Duration,
+    /// 0 ..= 100.
+    pub start_percent: f64,
+}
+
+impl DrainRamp {
+    /// `start_percent × max(0, 1 − elapsed/duration)`; a zero duration is drained at once.
+    pub fn weight_at(&self, now: Instant) -> f64 {
+        if self.duration.is_zero() {
+            return 0.0;
         }
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        self.start_percent * (1.0 - elapsed / self.duration.as_secs_f64()).max(0.0)
+    }
+
+    /// When the weight reaches 0.
+    pub fn completes_at(&self) -> Instant {
+        self.start + self.duration
     }
 }
 
+/// The live state of one member (one route of one session).
+#[derive(Debug)]
+pub struct MemberLive {
+    connected: AtomicBool,
+    healthy: AtomicBool,
+    maintenance: ArcSwapOption<MaintenanceMark>,
+    drain: ArcSwapOption<DrainRamp>,
+    in_flight: AtomicU32,
+    pub breaker: Breaker,
+    pub stats: MemberStats,
+}
+
 impl MemberLive {
+    /// A member that became active at `since`.
+    pub fn new(since: SystemTime) -> MemberLive {
+        MemberLive {
+            connected: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
+            maintenance: ArcSwapOption::empty(),
+            drain: ArcSwapOption::empty(),
+            in_flight: AtomicU32::new(0),
+            breaker: Breaker::default(),
+            stats: MemberStats::new(since),
+        }
+    }
+
     /// Whether new requests may be sent to this member (§3.10 step 4).
     pub fn available(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
-            && !self.maintenance.load(Ordering::Acquire)
-            && self.healthy.load(Ordering::Acquire)
+        self.connected()
+            && self.healthy()
+            && !self.in_maintenance()
+            && self.breaker.admits()
             && self.weight() > 0.0
     }
 
@@ -57,30 +103,41 @@ impl MemberLive {
         self.connected.store(on, Ordering::Release);
     }
 
-    pub fn in_maintenance(&self) -> bool {
-        self.maintenance.load(Ordering::Acquire)
-    }
-
-    pub fn set_maintenance(&self, on: bool) {
-        self.maintenance.store(on, Ordering::Release);
-    }
-
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
 
-    pub fn set_healthy(&self, up: bool) {
-        self.healthy.store(up, Ordering::Release);
+    /// Sets health; returns the previous value.
+    pub fn set_healthy(&self, up: bool) -> bool {
+        self.healthy.swap(up, Ordering::AcqRel)
     }
 
-    /// The drain weight, 0 ..= 100.
-    pub fn weight(&self) -> f32 {
-        f32::from_bits(self.weight.load(Ordering::Acquire))
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance.load().is_some()
     }
 
-    pub fn set_weight(&self, weight: f32) {
-        self.weight
-            .store(weight.clamp(0.0, FULL_WEIGHT).to_bits(), Ordering::Release);
+    pub fn maintenance(&self) -> Option<Arc<MaintenanceMark>> {
+        self.maintenance.load_full()
+    }
+
+    pub fn set_maintenance(&self, mark: Option<MaintenanceMark>) {
+        self.maintenance.store(mark.map(Arc::new));
+    }
+
+    /// The drain weight now, 0 ..= 100.
+    pub fn weight(&self) -> f64 {
+        match &*self.drain.load() {
+            None => FULL_WEIGHT,
+            Some(ramp) => ramp.weight_at(Instant::now()),
+        }
+    }
+
+    pub fn drain(&self) -> Option<DrainRamp> {
+        self.drain.load().as_deref().copied()
+    }
+
+    pub fn set_drain(&self, ramp: Option<DrainRamp>) {
+        self.drain.store(ramp.map(Arc::new));
     }
 
     /// Requests in flight to this member right now.
@@ -104,26 +161,42 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Live state shared by every member of one pool (one domain + path), across applies.
+#[derive(Debug, Default)]
+pub struct PoolLive {
+    /// `429`s the proxy produced for the pool.
+    pub rate_limited: AtomicU64,
+    /// Requests the pool answered itself because no member was available.
+    pub unavailable: AtomicU64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn availability_follows_every_flag() {
-        let m = MemberLive::default();
+        let m = MemberLive::new(SystemTime::UNIX_EPOCH);
         assert!(m.available());
         m.set_connected(false);
         assert!(!m.available());
         m.set_connected(true);
-        m.set_maintenance(true);
+        m.set_maintenance(Some(MaintenanceMark {
+            page: None,
+            order: 1,
+        }));
         assert!(!m.available());
-        m.set_maintenance(false);
+        m.set_maintenance(None);
         m.set_healthy(false);
         assert!(!m.available());
         m.set_healthy(true);
-        m.set_weight(0.0);
+        m.set_drain(Some(DrainRamp {
+            start: Instant::now(),
+            duration: Duration::ZERO,
+            start_percent: 100.0,
+        }));
         assert!(!m.available());
-        m.set_weight(0.5);
+        m.set_drain(None);
         assert!(m.available());
         {
             let _a = m.begin();
@@ -131,5 +204,22 @@ mod tests {
             assert_eq!(m.in_flight(), 2);
         }
         assert_eq!(m.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_ramps_linearly_to_zero() {
+        let ramp = DrainRamp {
+            start: Instant::now(),
+            duration: Duration::from_secs(30),
+            start_percent: 100.0,
+        };
+        let m = MemberLive::new(SystemTime::UNIX_EPOCH);
+        m.set_drain(Some(ramp));
+        assert_eq!(m.weight(), 100.0);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!((m.weight() - 50.0).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(m.weight(), 0.0);
+        assert!(!m.available());
     }
 }

@@ -1,20 +1,26 @@
 //! The data plane: an immutable snapshot behind one `ArcSwap`, per-member live state, and the
 //! hyper service that forwards requests. Knows nothing of sessions, commands or fronts.
 
+pub mod body;
+pub mod breaker;
 pub mod forward;
 pub mod live;
 pub mod pages;
 pub mod pool;
+pub mod probe;
 pub mod snapshot;
+pub mod stats;
 pub mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 
+pub use breaker::Transition;
 pub use forward::serve;
-pub use live::MemberLive;
+pub use live::{MemberLive, PoolLive};
 pub use snapshot::{Member, Pool, PoolSettings, Snapshot, Upstream};
 
 /// Settings of the engine itself.
@@ -24,17 +30,30 @@ pub struct EngineSettings {
     pub connect_timeout: Duration,
 }
 
-/// The proxy engine: the published snapshot and the upstream client.
+/// Something that changed in a member's live state on its own, for the registry to report.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    Breaker { member: u64, transition: Transition },
+}
+
+/// The proxy engine: the published snapshot, the upstream clients and the live-event channel.
 pub struct Engine {
     snapshot: ArcSwap<Snapshot>,
     client: forward::UpstreamClient,
+    probes: probe::ProbeClient,
+    live_tx: mpsc::UnboundedSender<LiveEvent>,
+    live_rx: Mutex<Option<mpsc::UnboundedReceiver<LiveEvent>>>,
 }
 
 impl Engine {
     pub fn new(settings: EngineSettings) -> Arc<Engine> {
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
         Arc::new(Engine {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             client: forward::upstream_client(settings.connect_timeout),
+            probes: probe::probe_client(settings.connect_timeout),
+            live_tx,
+            live_rx: Mutex::new(Some(live_rx)),
         })
     }
 
@@ -47,5 +66,42 @@ impl Engine {
     /// The snapshot in force now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The receiver of live events; there is one, for the registry.
+    pub fn take_live_events(&self) -> Option<mpsc::UnboundedReceiver<LiveEvent>> {
+        self.live_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Reports a breaker transition; an opening also schedules the move to half-open at
+    /// `next_attempt`, whether or not a request arrives (§4.17).
+    pub fn report_breaker(&self, member: u64, live: &Arc<MemberLive>, transition: Transition) {
+        if let Some(at) = transition.reopen_at {
+            let live = live.clone();
+            let tx = self.live_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                if let Some(t) = live.breaker.reopen_due(tokio::time::Instant::now()) {
+                    let _ = tx.send(LiveEvent::Breaker {
+                        member,
+                        transition: t,
+                    });
+                }
+            });
+        }
+        let _ = self.live_tx.send(LiveEvent::Breaker { member, transition });
+    }
+
+    /// One `GET` of `url` with `timeout` through the proxy's own client (maintenance probes,
+    /// `BACKEND_TEST`).
+    pub async fn probe(
+        &self,
+        target: &probe::ProbeTarget,
+        timeout: Duration,
+    ) -> probe::ProbeOutcome {
+        probe::get(&self.probes, target, timeout).await
     }
 }

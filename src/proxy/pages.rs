@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 /// One built-in page.
@@ -45,13 +45,10 @@ impl Page {
         }
     }
 
-    /// The response for a request with these headers.
-    pub fn render(self, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
+    /// The response for a request whose `Accept` header is `accept`.
+    pub fn render(self, accept: Option<&HeaderValue>) -> Response<Full<Bytes>> {
         let (status, code, message) = self.parts();
-        let accept = request_headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let accept = accept.and_then(|v| v.to_str().ok()).unwrap_or("");
         let (content_type, body) = if prefers_json(accept) {
             (
                 "application/json",
@@ -126,12 +123,8 @@ mod tests {
 
     #[test]
     fn json_body_is_exact() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            http::header::ACCEPT,
-            HeaderValue::from_static("application/json"),
-        );
-        let resp = Page::NoRoute.render(&h);
+        let json = HeaderValue::from_static("application/json");
+        let resp = Page::NoRoute.render(Some(&json));
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");

@@ -22,8 +22,8 @@ fn next_random() -> u64 {
 }
 
 /// A member drawn at random in proportion to the weights of the available ones.
-fn weighted_pick(members: &[Member], total: f32) -> Option<&Member> {
-    let mut point = (next_random() >> 40) as f32 / (1u64 << 24) as f32 * total;
+fn weighted_pick(members: &[Member], total: f64) -> Option<&Member> {
+    let mut point = (next_random() >> 11) as f64 / (1u64 << 53) as f64 * total;
     let mut last = None;
     for m in members {
         let w = m.live.weight();
@@ -44,7 +44,7 @@ pub fn choose(members: &[Member]) -> Option<&Member> {
     if let [only] = members {
         return only.live.available().then_some(only);
     }
-    let total: f32 = members
+    let total: f64 = members
         .iter()
         .filter(|m| m.live.available())
         .map(|m| m.live.weight())
@@ -71,6 +71,14 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    fn ramp(percent: f64) -> crate::proxy::live::DrainRamp {
+        crate::proxy::live::DrainRamp {
+            start: tokio::time::Instant::now(),
+            duration: Duration::from_secs(3600),
+            start_percent: percent,
+        }
+    }
+
     fn member(id: u64) -> Member {
         Member {
             id,
@@ -82,7 +90,7 @@ mod tests {
             },
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
-            live: Arc::new(MemberLive::default()),
+            live: Arc::new(MemberLive::new(std::time::SystemTime::UNIX_EPOCH)),
         }
     }
 
@@ -90,7 +98,7 @@ mod tests {
     fn skips_unavailable_and_spreads_by_weight() {
         let members = vec![member(1), member(2), member(3)];
         members[2].live.set_connected(false);
-        members[1].live.set_weight(25.0);
+        members[1].live.set_drain(Some(ramp(25.0)));
         let mut counts = [0u32; 3];
         for _ in 0..20_000 {
             let m = choose(&members).expect("a member is available");
@@ -102,8 +110,13 @@ mod tests {
             ratio > 0.1 && ratio < 0.5,
             "ratio {ratio} for weights 25:100"
         );
-        members[0].live.set_maintenance(true);
-        members[1].live.set_weight(0.0);
+        members[0]
+            .live
+            .set_maintenance(Some(crate::proxy::live::MaintenanceMark {
+                page: None,
+                order: 1,
+            }));
+        members[1].live.set_drain(Some(ramp(0.0)));
         assert!(choose(&members).is_none());
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::live::MemberLive;
+use super::live::{MemberLive, PoolLive};
 use super::table::RouteTable;
 
 /// What the proxy serves: one routing table, swapped whole on every apply.
@@ -33,6 +33,8 @@ pub struct Pool {
     pub priority: i32,
     pub settings: PoolSettings,
     pub members: Vec<Member>,
+    /// Pool-wide counters that survive applies.
+    pub live: Arc<PoolLive>,
 }
 
 /// Settings taken from the member whose session applied most recently.

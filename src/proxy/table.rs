@@ -144,6 +144,7 @@ mod tests {
             priority,
             settings: PoolSettings::default(),
             members: Vec::new(),
+            live: Default::default(),
         }
     }
 

@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
-use super::model::{parse_bool, parse_duration, parse_size, RouteId, RouteSpec, Scheme};
+use super::model::{
+    parse_bool, parse_duration, parse_size, BackendUrl, RouteId, RouteSpec, Scheme,
+};
 use super::session::{ConfigSet, Session};
-use crate::proxy::{Member, MemberLive, Pool, PoolSettings, Snapshot, Upstream};
+use crate::proxy::{Member, MemberLive, Pool, PoolLive, PoolSettings, Snapshot, Upstream};
 
 /// Server-wide defaults of the options of §4.13.
 #[derive(Debug, Clone)]
@@ -84,10 +86,14 @@ impl Claims {
     }
 }
 
+/// Pool-wide live state by (domain, path), kept across applies while the pair is served.
+pub type PoolLives = HashMap<(String, String), Arc<PoolLive>>;
+
 /// Builds the snapshot of every session's active configuration.
 pub fn build_snapshot<'a>(
     sessions: impl Iterator<Item = &'a Session>,
     members: &HashMap<RouteId, Arc<MemberLive>>,
+    pool_lives: &mut PoolLives,
     defaults: &ProxyDefaults,
 ) -> Snapshot {
     struct Building {
@@ -105,18 +111,18 @@ pub fn build_snapshot<'a>(
             let member = member(*id, route, cfg, live.clone(), defaults);
             let settings = pool_settings(*id, route, cfg, defaults);
             for (domain, path) in route.pairs() {
-                let entry = pools
-                    .entry((domain.to_string(), path.to_string()))
-                    .or_insert_with(|| Building {
-                        pool: Pool {
-                            domain: domain.to_string(),
-                            path: path.to_string(),
-                            priority: route.priority,
-                            settings: settings.clone(),
-                            members: Vec::new(),
-                        },
-                        applied: applied.clone(),
-                    });
+                let key = (domain.to_string(), path.to_string());
+                let entry = pools.entry(key.clone()).or_insert_with(|| Building {
+                    pool: Pool {
+                        domain: domain.to_string(),
+                        path: path.to_string(),
+                        priority: route.priority,
+                        settings: settings.clone(),
+                        members: Vec::new(),
+                        live: pool_lives.entry(key).or_default().clone(),
+                    },
+                    applied: applied.clone(),
+                });
                 if applied > entry.applied {
                     entry.applied = applied.clone();
                     entry.pool.priority = route.priority;
@@ -126,7 +132,22 @@ pub fn build_snapshot<'a>(
             }
         }
     }
+    pool_lives.retain(|key, _| pools.contains_key(key));
     Snapshot::new(pools.into_values().map(|b| b.pool).collect())
+}
+
+/// Where the proxy sends a member's requests for a backend URL.
+pub fn upstream_of(backend: &BackendUrl) -> Upstream {
+    let host_header = match backend.port {
+        Some(port) => format!("{}:{port}", backend.host),
+        None => backend.host.clone(),
+    };
+    Upstream {
+        scheme: backend.scheme.http(),
+        authority: backend.authority(),
+        host_header,
+        base_path: backend.base_path().to_string(),
+    }
 }
 
 fn member(
@@ -137,19 +158,9 @@ fn member(
     defaults: &ProxyDefaults,
 ) -> Member {
     let duration = |key| cfg.option(id, key).and_then(parse_duration);
-    let backend = &route.backend;
-    let host_header = match backend.port {
-        Some(port) => format!("{}:{port}", backend.host),
-        None => backend.host.clone(),
-    };
     Member {
         id: id.0,
-        upstream: Upstream {
-            scheme: backend.scheme.http(),
-            authority: backend.authority(),
-            host_header,
-            base_path: backend.base_path().to_string(),
-        },
+        upstream: upstream_of(&route.backend),
         timeout: duration("timeout").unwrap_or(defaults.timeout),
         connect_timeout: duration("connect_timeout").unwrap_or(defaults.connect_timeout),
         live,
@@ -208,24 +219,19 @@ mod tests {
             );
         }
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(applied);
-        Session {
-            id: id.into(),
-            service: service.into(),
-            instance: id.into(),
-            maintenance_port: 0,
-            metadata: serde_json::Map::new(),
-            liveness: Liveness::Connection,
-            created_at: t,
-            last_activity: t,
-            last_apply: Some(t),
-            staged: cfg.clone(),
-            active: cfg,
-            staged_at: None,
-            subscriptions: BTreeSet::new(),
-            events_dropped: 0,
-            connections: BTreeSet::new(),
-            event_conn: None,
-        }
+        let mut s = Session::new(
+            id.into(),
+            service.into(),
+            id.into(),
+            0,
+            serde_json::Map::new(),
+            Liveness::Connection,
+            t,
+        );
+        s.last_apply = Some(t);
+        s.staged = cfg.clone();
+        s.active = cfg;
+        s
     }
 
     #[test]
@@ -238,9 +244,21 @@ mod tests {
         );
         let members: HashMap<RouteId, Arc<MemberLive>> = [1, 2]
             .into_iter()
-            .map(|i| (RouteId(i), Arc::new(MemberLive::default())))
+            .map(|i| {
+                (
+                    RouteId(i),
+                    Arc::new(MemberLive::new(SystemTime::UNIX_EPOCH)),
+                )
+            })
             .collect();
-        let snap = build_snapshot([&a, &b].into_iter(), &members, &ProxyDefaults::default());
+        let mut lives = PoolLives::new();
+        let snap = build_snapshot(
+            [&a, &b].into_iter(),
+            &members,
+            &mut lives,
+            &ProxyDefaults::default(),
+        );
+        assert_eq!(lives.len(), 1, "one pair, one pool");
         let pool = snap.table.lookup("a.com", "/x").expect("pool");
         assert_eq!(pool.members.len(), 2);
         assert!(pool.settings.strip_prefix, "b applied last");

@@ -5,36 +5,46 @@
 pub mod apply;
 pub mod clock;
 pub mod error;
+pub mod events;
+mod liveness;
+pub mod maintenance;
 pub mod model;
+pub mod operate;
 pub mod session;
 pub mod staging;
 pub mod views;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use rand::RngCore;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use crate::proxy::breaker::BreakerConfig;
+use crate::proxy::live::{MaintenanceMark, MaintenancePage};
+use crate::proxy::probe::ProbeTarget;
 use crate::proxy::{Engine, MemberLive};
-use apply::{build_snapshot, Claims, ProxyDefaults};
+use apply::{build_snapshot, upstream_of, Claims, PoolLives, ProxyDefaults};
 use clock::{rfc3339, unix_seconds, Clock};
 pub use error::{Error, ErrorKind, Result};
+use events::{EventBus, EventType, Outbox};
 use model::{
     is_known_option, parse_domains, parse_int, parse_route_path, split_list, validate_header_value,
     validate_instance_name, validate_option, validate_service_name, validate_settable_header,
     BackendUrl, RouteId, RouteInput, RouteSpec, Target, MAX_METADATA_BYTES, MAX_OPTION_KEY_BYTES,
 };
 pub use session::ConnId;
-use session::{ConfigSet, HeaderEntry, Liveness, Session};
+use session::{ConfigSet, HeaderEntry, Liveness, MaintMark, Session};
 use staging::{Ownership, RouteStatus, Scopes};
-use views::{ActiveValues, BulkResult, Reconnect, RouteEntry, SessionInfo, ShutdownOutcome};
+use views::{ActiveValues, BulkResult, RouteEntry, SessionInfo, ShutdownOutcome};
 
 /// Who is calling: a pipe connection (which can be attached and serve as a fallback), or a
-/// connection-less front (gRPC, HTTP).
+/// connection-less front (gRPC, HTTP), which renews the session's front lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Pipe(ConnId),
@@ -48,8 +58,17 @@ pub struct RegistrySettings {
     pub max_routes_per_session: usize,
     pub max_headers_per_target: usize,
     pub max_options_per_target: usize,
+    pub session_grace: Duration,
+    pub session_lease: Duration,
     pub staged_ttl: Duration,
     pub auth_token: Option<String>,
+    /// Bytes of events one pipe connection may have queued (§8.4).
+    pub outbound_queue: usize,
+    /// Events the bus retains for replay.
+    pub event_ring: usize,
+    /// Bound of a maintenance completion (§5.1).
+    pub maintenance_bound: Duration,
+    pub backend_test_timeout: Duration,
     pub proxy: ProxyDefaults,
 }
 
@@ -60,8 +79,14 @@ impl Default for RegistrySettings {
             max_routes_per_session: 256,
             max_headers_per_target: 64,
             max_options_per_target: 64,
+            session_grace: Duration::from_secs(300),
+            session_lease: Duration::from_secs(30),
             staged_ttl: Duration::from_secs(30 * 60),
             auth_token: None,
+            outbound_queue: 256 * 1024,
+            event_ring: 1024,
+            maintenance_bound: Duration::from_secs(8),
+            backend_test_timeout: Duration::from_secs(5),
             proxy: ProxyDefaults::default(),
         }
     }
@@ -78,6 +103,9 @@ struct Inner {
     engine: Arc<Engine>,
     clock: Arc<dyn Clock>,
     settings: RegistrySettings,
+    bus: EventBus,
+    /// Wakes the timer task when a deadline moved.
+    timers: Notify,
     next_conn: AtomicU64,
 }
 
@@ -92,13 +120,17 @@ struct State {
     next_route: u64,
     /// Sessions each open pipe connection is attached to.
     conns: HashMap<ConnId, BTreeSet<String>>,
+    /// Where each open pipe connection takes its asynchronous lines.
+    outboxes: HashMap<ConnId, Outbox>,
     /// Live state of every active route.
     members: HashMap<RouteId, Arc<MemberLive>>,
+    pool_lives: PoolLives,
+    /// Order of maintenance entries and generation of maintenance commands.
+    counter: u64,
 }
 
 /// Which configuration a command reads when it resolves a route id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // `Active` is read by the live-state commands that come next.
 enum Reads {
     Staged,
     Active,
@@ -136,6 +168,50 @@ fn backend_allowed(url: &BackendUrl) -> Result<()> {
     Ok(())
 }
 
+/// The `GET` that probes a URL: its path (`/` when it has none) and query.
+fn probe_target(url: &BackendUrl, query: Option<&str>) -> ProbeTarget {
+    let upstream = upstream_of(url);
+    let mut path_and_query = if url.path.is_empty() {
+        "/".to_string()
+    } else {
+        url.path.clone()
+    };
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    ProbeTarget {
+        scheme: upstream.scheme,
+        authority: upstream.authority,
+        host_header: upstream.host_header,
+        path_and_query,
+    }
+}
+
+/// A maintenance page URL (§4.28): `http`/`https`, a query allowed, allow-listed; with the
+/// probe that confirms it.
+fn parse_page_url(raw: &str) -> Result<Option<(MaintenancePage, ProbeTarget)>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("invalid maintenance url");
+    let (base, query) = match raw.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (raw, None),
+    };
+    if raw.len() > model::MAX_URL_BYTES || query.is_some_and(|q| q.contains(['#', ' '])) {
+        return Err(bad());
+    }
+    let url = BackendUrl::parse_with(base, &["http", "https"]).ok_or_else(bad)?;
+    backend_allowed(&url)?;
+    let page = MaintenancePage {
+        raw: raw.to_string(),
+        upstream: upstream_of(&url),
+        query: query.map(str::to_string),
+    };
+    Ok(Some((page, probe_target(&url, query))))
+}
+
 impl State {
     fn session(&self, id: &str) -> &Session {
         self.sessions
@@ -149,38 +225,9 @@ impl State {
             .expect("resolved session ids name live sessions")
     }
 
-    /// §2.3: the session a command names, with the bookkeeping of §1.8 step 4.
-    fn resolve(&mut self, caller: Caller, sid: &str, now: SystemTime) -> Result<String> {
-        let id = if sid.is_empty() {
-            let fallback = match caller {
-                Caller::Pipe(conn) => self
-                    .conns
-                    .get(&conn)
-                    .filter(|set| set.len() == 1)
-                    .and_then(|set| set.iter().next().cloned()),
-                Caller::Front => None,
-            };
-            fallback.ok_or(Error::NoSession)?
-        } else if self.sessions.contains_key(sid) {
-            sid.to_string()
-        } else {
-            return Err(Error::SessionNotFound);
-        };
-        self.touch(caller, &id, now);
-        Ok(id)
-    }
-
-    /// Attachment and activity bookkeeping for a resolved session.
-    fn touch(&mut self, caller: Caller, id: &str, now: SystemTime) {
-        let session = self.session_mut(id);
-        session.last_activity = now;
-        if let Caller::Pipe(conn) = caller {
-            session.connections.insert(conn);
-            if session.event_conn.is_none() {
-                session.event_conn = Some(conn);
-            }
-            self.conns.entry(conn).or_default().insert(id.to_string());
-        }
+    fn next_counter(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
     }
 
     /// Route-id resolution (§4 table).
@@ -202,20 +249,21 @@ impl State {
                 Reads::Active => Error::RouteNotActive,
             });
         }
-        let foreign = self
-            .route_owner
-            .get(&id)
-            .filter(|owner| owner.as_str() != session)
-            .and_then(|owner| self.sessions.get(owner))
-            .is_some_and(|o| {
-                o.staged.routes.contains_key(&id) || o.active.routes.contains_key(&id)
-            });
-        if foreign {
+        if self.foreign_route(session, id) {
             return Err(Error::PermissionDenied(format!(
                 "route {id} belongs to another session"
             )));
         }
         Err(Error::RouteNotFound)
+    }
+
+    /// Whether `id` is a route of a session other than `session`.
+    fn foreign_route(&self, session: &str, id: RouteId) -> bool {
+        self.route_owner
+            .get(&id)
+            .filter(|owner| owner.as_str() != session)
+            .and_then(|owner| self.sessions.get(owner))
+            .is_some_and(|o| o.staged.routes.contains_key(&id) || o.active.routes.contains_key(&id))
     }
 
     fn resolve_target(&self, session: &str, text: &str, reads: Reads) -> Result<Target> {
@@ -249,6 +297,30 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The live state of a session's active routes.
+    fn live_of<'a>(
+        &'a self,
+        session: &'a Session,
+    ) -> impl Iterator<Item = (RouteId, &'a Arc<MemberLive>)> + 'a {
+        session
+            .active
+            .routes
+            .keys()
+            .filter_map(|rid| self.members.get(rid).map(|m| (*rid, m)))
+    }
+}
+
+/// The proxy's maintenance mark for a session mark.
+fn member_mark(mark: &MaintMark) -> MaintenanceMark {
+    MaintenanceMark {
+        // Marks were validated when entered.
+        page: parse_page_url(&mark.page)
+            .ok()
+            .flatten()
+            .map(|(page, _)| page),
+        order: mark.order,
     }
 }
 
@@ -336,9 +408,30 @@ pub struct RegisterRequest {
 /// Bulk items as a front parsed them: the whole list may be malformed, or single elements.
 pub type BulkInput = Result<Vec<Result<RouteInput>>>;
 
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndReason {
+    GraceExpired,
+    LeaseExpired,
+    Replaced,
+    ClientShutdown,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::GraceExpired => "grace_expired",
+            EndReason::LeaseExpired => "lease_expired",
+            EndReason::Replaced => "replaced",
+            EndReason::ClientShutdown => "client_shutdown",
+        }
+    }
+}
+
 impl Registry {
     /// A registry that publishes into `engine`.
     pub fn new(engine: Arc<Engine>, clock: Arc<dyn Clock>, settings: RegistrySettings) -> Registry {
+        let bus = EventBus::new(settings.event_ring);
         Registry {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -348,14 +441,16 @@ impl Registry {
                 engine,
                 clock,
                 settings,
+                bus,
+                timers: Notify::new(),
                 next_conn: AtomicU64::new(1),
             }),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would be a bug; the state itself stays consistent
-        // because every mutation completes before it can panic, so keep serving.
+        // Every mutation completes before anything can panic, so a poisoned lock still holds a
+        // consistent state: keep serving.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -363,44 +458,118 @@ impl Registry {
         self.inner.clock.now()
     }
 
-    /// Allocates the id of a new pipe connection.
-    pub fn open_connection(&self) -> ConnId {
-        ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed))
+    /// The event bus (streams subscribe to it).
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
     }
 
-    /// A pipe connection closed: it is detached from every session.
-    pub fn close_connection(&self, conn: ConnId) {
-        let mut st = self.lock();
-        let Some(sessions) = st.conns.remove(&conn) else {
-            return;
+    /// §2.3: the session a command names, with the bookkeeping of §1.8 step 4.
+    fn resolve(&self, st: &mut State, caller: Caller, sid: &str) -> Result<String> {
+        let id = if sid.is_empty() {
+            let fallback = match caller {
+                Caller::Pipe(conn) => st
+                    .conns
+                    .get(&conn)
+                    .filter(|set| set.len() == 1)
+                    .and_then(|set| set.iter().next().cloned()),
+                Caller::Front => None,
+            };
+            fallback.ok_or(Error::NoSession)?
+        } else if st.sessions.contains_key(sid) {
+            sid.to_string()
+        } else {
+            return Err(Error::SessionNotFound);
         };
-        for id in sessions {
-            if let Some(s) = st.sessions.get_mut(&id) {
-                s.connections.remove(&conn);
-                if s.event_conn == Some(conn) {
-                    s.event_conn = None;
-                }
-            }
-        }
+        self.touch(st, caller, &id);
+        Ok(id)
     }
 
-    /// Whether a connection is still attached to some live session.
-    pub fn is_attached(&self, conn: ConnId) -> bool {
-        self.lock().conns.get(&conn).is_some_and(|s| !s.is_empty())
+    /// Attachment, lease renewal, implicit reconnection and activity of a resolved session.
+    fn touch(&self, st: &mut State, caller: Caller, id: &str) {
+        let now = Instant::now();
+        let lease = self.inner.settings.session_lease;
+        let session = st.session_mut(id);
+        session.last_activity = self.now();
+        session.lease_until = Some(now + lease);
+        match caller {
+            Caller::Pipe(conn) => {
+                session.connections.insert(conn);
+                if session.event_conn.is_none() {
+                    session.event_conn = Some(conn);
+                }
+                st.conns.entry(conn).or_default().insert(id.to_string());
+            }
+            Caller::Front => session.front_lease_until = Some(now + lease),
+        }
+        self.update_liveness(st, id);
     }
 
     /// Publishes the snapshot of every active configuration.
-    fn publish(&self, st: &State) {
+    fn publish(&self, st: &mut State) {
+        let State {
+            sessions,
+            members,
+            pool_lives,
+            ..
+        } = st;
         let snapshot = build_snapshot(
-            st.sessions.values(),
-            &st.members,
+            sessions.values(),
+            members,
+            pool_lives,
             &self.inner.settings.proxy,
         );
         self.inner.engine.publish(snapshot);
     }
 
-    /// Ends a session (replacement, shutdown, expiry): routes leave the proxy at once.
-    fn end_session(&self, st: &mut State, id: &str) {
+    /// Publishes an event and queues it for the pipe sessions that should see it (§5.2).
+    fn emit(
+        &self,
+        st: &mut State,
+        kind: EventType,
+        session: &str,
+        route: Option<RouteId>,
+        data: Value,
+    ) -> Arc<events::Event> {
+        let data = match data {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        let event = self
+            .inner
+            .bus
+            .publish(kind, session, route, data, self.now());
+        let recipients: Vec<String> = match kind {
+            EventType::GlobalConfigChanged => st.sessions.keys().cloned().collect(),
+            EventType::SessionExpired => {
+                let service = event.data.get("service_name").and_then(Value::as_str);
+                st.sessions
+                    .values()
+                    .filter(|s| Some(s.service.as_str()) == service)
+                    .map(|s| s.id.clone())
+                    .collect()
+            }
+            _ => vec![session.to_string()],
+        };
+        for id in recipients {
+            let Some(s) = st.sessions.get_mut(&id) else {
+                continue;
+            };
+            if !s.subscriptions.contains(&kind) {
+                continue;
+            }
+            let Some(outbox) = s.event_conn.and_then(|c| st.outboxes.get(&c)) else {
+                continue;
+            };
+            if !outbox.push_event(event.clone()) {
+                s.events_dropped += 1;
+            }
+        }
+        event
+    }
+
+    /// Ends a session (replacement, shutdown, expiry): routes leave the proxy at once, pending
+    /// completions are dropped, peers of the same service hear `session_expired`.
+    fn end_session(&self, st: &mut State, id: &str, reason: EndReason) {
         let Some(session) = st.sessions.remove(id) else {
             return;
         };
@@ -421,8 +590,35 @@ impl Registry {
                 set.remove(id);
             }
         }
-        tracing::info!(session = %session.log_id(), service = %session.service, "session ended");
+        if let Some(pending) = &session.pending_maint {
+            if let Some(probe) = &pending.probe {
+                probe.abort();
+            }
+            if let Some(outbox) = pending.conn.and_then(|c| st.outboxes.get(&c)) {
+                outbox.cancel_completion();
+            }
+        }
+        tracing::info!(
+            session = %session.log_id(),
+            service = %session.service,
+            reason = reason.as_str(),
+            "session ended"
+        );
         self.publish(st);
+        let data = json!({
+            "service_name": session.service,
+            "instance_name": session.instance,
+            "reason": reason.as_str(),
+        });
+        let event = self.emit(st, EventType::SessionExpired, id, None, data);
+        // A replaced session hears about it on its old event connection if it subscribed.
+        if reason == EndReason::Replaced
+            && session.subscriptions.contains(&EventType::SessionExpired)
+        {
+            if let Some(outbox) = session.event_conn.and_then(|c| st.outboxes.get(&c)) {
+                outbox.push_event(event);
+            }
+        }
     }
 
     /// `REGISTER` (§4.1).
@@ -455,55 +651,32 @@ impl Registry {
             return Err(Error::TooMany("sessions"));
         }
         if let Some(old) = replacing {
-            self.end_session(&mut st, &old);
+            self.end_session(&mut st, &old, EndReason::Replaced);
         }
         let id = new_session_id(&instance, now);
-        let session = Session {
-            id: id.clone(),
-            service: req.service_name,
+        let session = Session::new(
+            id.clone(),
+            req.service_name,
             instance,
-            maintenance_port: port,
-            metadata: meta.stored,
-            liveness: meta.liveness,
-            created_at: now,
-            last_activity: now,
-            last_apply: None,
-            active: ConfigSet::default(),
-            staged: ConfigSet::default(),
-            staged_at: None,
-            subscriptions: BTreeSet::new(),
-            events_dropped: 0,
-            connections: BTreeSet::new(),
-            event_conn: None,
-        };
+            port,
+            meta.stored,
+            meta.liveness,
+            now,
+        );
         tracing::info!(session = %session.log_id(), service = %session.service, "session registered");
         st.names.insert(key, id.clone());
         st.sessions.insert(id.clone(), session);
-        st.touch(caller, &id, now);
+        self.touch(&mut st, caller, &id);
         if let Caller::Pipe(conn) = caller {
             st.session_mut(&id).event_conn = Some(conn);
         }
         Ok(id)
     }
 
-    /// `RECONNECT` (§4.2): `Reregister` for anything but a live session.
-    pub fn reconnect(&self, caller: Caller, sid: &str) -> Result<Reconnect> {
-        let now = self.now();
-        let mut st = self.lock();
-        if sid.is_empty() || !st.sessions.contains_key(sid) {
-            return Ok(Reconnect::Reregister);
-        }
-        st.touch(caller, sid, now);
-        if let Caller::Pipe(conn) = caller {
-            st.session_mut(sid).event_conn = Some(conn);
-        }
-        Ok(Reconnect::Ok)
-    }
-
     /// `PING` (§4.3): with no session and no fallback it is a pure liveness probe.
     pub fn ping(&self, caller: Caller, sid: &str) -> Result<()> {
-        let now = self.now();
-        match self.lock().resolve(caller, sid, now) {
+        let mut st = self.lock();
+        match self.resolve(&mut st, caller, sid) {
             Ok(_) | Err(Error::NoSession) => Ok(()),
             Err(e) => Err(e),
         }
@@ -511,10 +684,14 @@ impl Registry {
 
     /// `SESSION_INFO` (§4.4).
     pub fn session_info(&self, caller: Caller, sid: &str) -> Result<SessionInfo> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
-        let s = st.session(&id);
+        let id = self.resolve(&mut st, caller, sid)?;
+        Ok(self.info_of(&st, st.session(&id)))
+    }
+
+    /// The `SESSION_OK` payload of a session.
+    fn info_of(&self, st: &State, s: &Session) -> SessionInfo {
+        let now = self.now();
         let routes_staged = s
             .active
             .routes
@@ -527,11 +704,8 @@ impl Registry {
                     != Some(RouteStatus::Active)
             })
             .count() as u64;
-        let in_maintenance = s
-            .active
-            .routes
-            .keys()
-            .any(|rid| st.members.get(rid).is_some_and(|m| m.in_maintenance()));
+        let in_maintenance =
+            s.maintenance.all.is_some() || st.live_of(s).any(|(_, m)| m.in_maintenance());
         let staged_expires_at = s
             .pending()
             .then_some(s.staged_at)
@@ -547,7 +721,13 @@ impl Registry {
                     .map(move |k| format!("{t}:{k}"))
             })
             .collect();
-        Ok(SessionInfo {
+        let mut subscriptions: Vec<String> = s
+            .subscriptions
+            .iter()
+            .map(|t| t.as_str().to_string())
+            .collect();
+        subscriptions.sort();
+        SessionInfo {
             session_id: s.id.clone(),
             service_name: s.service.clone(),
             instance_name: s.instance.clone(),
@@ -562,23 +742,22 @@ impl Registry {
             routes_active: s.active.routes.len() as u64,
             routes_staged,
             metadata: s.metadata.clone(),
-            subscriptions: s.subscriptions.iter().cloned().collect(),
+            subscriptions,
             liveness: s.liveness.as_str(),
             connections: s.connections.len() as u64,
-            draining: false,
+            draining: s.drain.is_some(),
             in_maintenance,
             staged_expires_at,
             ignored_options,
             events_dropped: s.events_dropped,
-        })
+        }
     }
 
     /// `CLIENT_SHUTDOWN` (§2.8).
     pub fn client_shutdown(&self, caller: Caller, sid: &str) -> Result<ShutdownOutcome> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
-        self.end_session(&mut st, &id);
+        let id = self.resolve(&mut st, caller, sid)?;
+        self.end_session(&mut st, &id, EndReason::ClientShutdown);
         let close_connection = match caller {
             Caller::Pipe(conn) => st.conns.get(&conn).is_none_or(|s| s.is_empty()),
             Caller::Front => false,
@@ -594,11 +773,14 @@ impl Registry {
         sid: &str,
         stage: impl FnOnce(&mut State, &str) -> Result<T>,
     ) -> Result<T> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
+        let id = self.resolve(&mut st, caller, sid)?;
         let out = stage(&mut st, &id)?;
-        st.session_mut(&id).staged_at = Some(now);
+        let ttl = self.inner.settings.staged_ttl;
+        let session = st.session_mut(&id);
+        session.staged_at = Some(self.now());
+        session.staged_deadline = Some(Instant::now() + ttl);
+        self.inner.timers.notify_one();
         Ok(out)
     }
 
@@ -721,9 +903,8 @@ impl Registry {
 
     /// `ROUTE_LIST` (§4.10).
     pub fn route_list(&self, caller: Caller, sid: &str) -> Result<Vec<RouteEntry>> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
+        let id = self.resolve(&mut st, caller, sid)?;
         let s = st.session(&id);
         let ids: BTreeSet<&RouteId> = s
             .active
@@ -748,7 +929,7 @@ impl Registry {
                     backend_url: shown.backend.raw.clone(),
                     priority: shown.priority,
                     status: status.as_str(),
-                    in_maintenance: live.is_some_and(|m| m.in_maintenance()),
+                    in_maintenance: s.maintenance.mark(*rid).is_some(),
                     healthy: live.map(|m| m.healthy()),
                     active: (status == RouteStatus::Modified)
                         .then_some(active)
@@ -911,9 +1092,8 @@ impl Registry {
 
     /// `CONFIG_VALIDATE` (§4.20): changes nothing.
     pub fn config_validate(&self, caller: Caller, sid: &str) -> Result<()> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
+        let id = self.resolve(&mut st, caller, sid)?;
         let s = st.session(&id);
         let view = SessionView {
             claims: &st.claims,
@@ -933,9 +1113,8 @@ impl Registry {
     }
 
     fn apply_scopes(&self, caller: Caller, sid: &str, scopes: Result<Scopes>) -> Result<()> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
+        let id = self.resolve(&mut st, caller, sid)?;
         let scopes = scopes?;
         let s = st.session(&id);
         let next = staging::candidate(&s.active, &s.staged, &scopes);
@@ -947,57 +1126,74 @@ impl Registry {
             session: &id,
         };
         staging::validate(&next, &s.service, &view)?;
-        self.activate(&mut st, &id, next, now);
+        self.activate(&mut st, &id, next, &scopes);
         Ok(())
     }
 
-    /// Makes `next` the session's active configuration and publishes the new table.
-    fn activate(&self, st: &mut State, id: &str, next: ConfigSet, now: SystemTime) {
-        let session = st.sessions.get_mut(id).expect("resolved session");
+    /// Makes `next` the session's active configuration, brings the live state of its members
+    /// in line, publishes the new table, then reports the change (§4.21).
+    fn activate(&self, st: &mut State, id: &str, next: ConfigSet, scopes: &Scopes) {
+        let now = self.now();
+        let session = st.session_mut(id);
         let previous = std::mem::replace(&mut session.active, next);
         session.last_apply = Some(now);
+        let active = session.active.clone();
         let service = session.service.clone();
-        let connected = true;
-        let (added, removed, changed_backend): (Vec<RouteId>, Vec<RouteId>, Vec<RouteId>) = {
-            let active = &session.active.routes;
-            (
-                active
-                    .keys()
-                    .filter(|r| !previous.routes.contains_key(r))
-                    .copied()
-                    .collect(),
+        let added: Vec<RouteId> = active
+            .routes
+            .keys()
+            .filter(|r| !previous.routes.contains_key(r))
+            .copied()
+            .collect();
+        let removed: Vec<RouteId> = previous
+            .routes
+            .keys()
+            .filter(|r| !active.routes.contains_key(r))
+            .copied()
+            .collect();
+        let modified: Vec<RouteId> = active
+            .routes
+            .iter()
+            .filter(|(r, spec)| {
                 previous
                     .routes
-                    .keys()
-                    .filter(|r| !active.contains_key(r))
-                    .copied()
-                    .collect(),
-                active
-                    .iter()
-                    .filter(|(r, spec)| {
-                        previous
-                            .routes
-                            .get(r)
-                            .is_some_and(|old| old.backend.raw != spec.backend.raw)
-                    })
-                    .map(|(r, _)| *r)
-                    .collect(),
-            )
-        };
+                    .get(r)
+                    .is_some_and(|old| !old.same_fields(spec))
+            })
+            .map(|(r, _)| *r)
+            .collect();
         st.claims.remove(id, &previous);
-        let active = st.session(id).active.clone();
         st.claims.add(id, &service, &active);
         for rid in &removed {
             st.members.remove(rid);
+            st.session_mut(id).maintenance.routes.remove(rid);
         }
         for rid in &added {
-            let live = MemberLive::default();
-            live.set_connected(connected);
-            st.members.insert(*rid, Arc::new(live));
+            let live = self.new_member(st, id, *rid, now);
+            st.members.insert(*rid, live);
         }
-        for rid in &changed_backend {
-            if let Some(live) = st.members.get(rid) {
+        for (rid, spec) in &active.routes {
+            let Some(live) = st.members.get(rid).cloned() else {
+                continue;
+            };
+            let backend_changed = previous
+                .routes
+                .get(rid)
+                .is_some_and(|old| old.backend.raw != spec.backend.raw);
+            if backend_changed {
                 live.set_healthy(true);
+                if let Some(t) = live.breaker.reset() {
+                    self.inner.engine.report_breaker(rid.0, &live, t);
+                }
+            }
+            let config =
+                ConfigSet::inherited(&active.circuit_breaker, *rid).map(|b| BreakerConfig {
+                    threshold: b.threshold,
+                    timeout: b.timeout,
+                    half_open_requests: b.half_open_requests,
+                });
+            if let Some(t) = live.breaker.configure(config) {
+                self.inner.engine.report_breaker(rid.0, &live, t);
             }
         }
         self.publish(st);
@@ -1007,13 +1203,56 @@ impl Registry {
             removed = removed.len(),
             "configuration applied"
         );
+        for rid in &added {
+            let r = &active.routes[rid];
+            let data = json!({
+                "domains": r.domains, "path": r.path, "backend": r.backend.raw, "priority": r.priority,
+            });
+            self.emit(st, EventType::RouteAdded, id, Some(*rid), data);
+        }
+        for rid in &removed {
+            let r = &previous.routes[rid];
+            let data = json!({"domains": r.domains, "path": r.path, "reason": "applied"});
+            self.emit(st, EventType::RouteRemoved, id, Some(*rid), data);
+        }
+        let ids = |v: &[RouteId]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        let data = json!({
+            "scopes": scopes.names(),
+            "routes_added": ids(&added),
+            "routes_removed": ids(&removed),
+            "routes_modified": ids(&modified),
+        });
+        self.emit(st, EventType::ConfigApplied, id, None, data);
+    }
+
+    /// Live state for a route that becomes active: the session's connection state, its
+    /// maintenance mark and its drain ramp carry over (§4.6).
+    fn new_member(
+        &self,
+        st: &mut State,
+        id: &str,
+        rid: RouteId,
+        now: SystemTime,
+    ) -> Arc<MemberLive> {
+        let live = MemberLive::new(now);
+        let session = st.session_mut(id);
+        live.set_connected(session.connected);
+        if let Some(all) = session.maintenance.all.clone() {
+            session.maintenance.routes.entry(rid).or_insert(all);
+        }
+        if let Some(mark) = session.maintenance.mark(rid) {
+            live.set_maintenance(Some(member_mark(mark)));
+        }
+        if let Some(drain) = &session.drain {
+            live.set_drain(Some(drain.ramp));
+        }
+        Arc::new(live)
     }
 
     /// `CONFIG_ROLLBACK` (§4.22).
     pub fn config_rollback(&self, caller: Caller, sid: &str) -> Result<()> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
+        let id = self.resolve(&mut st, caller, sid)?;
         let s = st.session_mut(&id);
         s.staged = s.active.clone();
         Ok(())
@@ -1021,9 +1260,8 @@ impl Registry {
 
     /// `CONFIG_DIFF` (§4.23).
     pub fn config_diff(&self, caller: Caller, sid: &str) -> Result<staging::Diff> {
-        let now = self.now();
         let mut st = self.lock();
-        let id = st.resolve(caller, sid, now)?;
+        let id = self.resolve(&mut st, caller, sid)?;
         let s = st.session(&id);
         Ok(staging::diff(&s.staged, &s.active))
     }
@@ -1036,11 +1274,7 @@ fn check_option_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn set_or_drop<T>(
-    map: &mut std::collections::BTreeMap<Target, T>,
-    target: Target,
-    value: Option<T>,
-) {
+fn set_or_drop<T>(map: &mut BTreeMap<Target, T>, target: Target, value: Option<T>) {
     match value {
         Some(v) => {
             map.insert(target, v);
@@ -1213,7 +1447,7 @@ mod tests {
     #[test]
     fn pipe_fallback_needs_exactly_one_attached_session() {
         let (reg, _) = registry();
-        let conn = reg.open_connection();
+        let (conn, _outbox) = reg.open_connection();
         assert_eq!(
             reg.route_list(Caller::Pipe(conn), "").unwrap_err(),
             Error::NoSession

@@ -3,7 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::events::EventType;
 use super::model::{BreakerSpec, HealthSpec, RateLimitSpec, RouteId, RouteSpec, Target};
+use crate::proxy::live::DrainRamp;
 
 /// One pipe connection, as the registry knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,15 +128,120 @@ pub struct Session {
     pub staged: ConfigSet,
     /// Time of the most recent staging command (the staged TTL runs from it, §3.7).
     pub staged_at: Option<SystemTime>,
-    pub subscriptions: BTreeSet<String>,
+    /// Deadline of the staged TTL (§3.7), from the most recent staging command.
+    pub staged_deadline: Option<Instant>,
+    pub subscriptions: BTreeSet<EventType>,
     pub events_dropped: u64,
     /// Open pipe connections attached to the session.
     pub connections: BTreeSet<ConnId>,
     /// The connection that gets `EVENT` lines (§2.4).
     pub event_conn: Option<ConnId>,
+    /// Whether the proxy may choose the session's members (§2.5).
+    pub connected: bool,
+    /// Lease of `lease` mode: the last command for the session plus the session lease.
+    pub lease_until: Option<Instant>,
+    /// Front lease: the last gRPC/HTTP call naming the session plus the session lease.
+    pub front_lease_until: Option<Instant>,
+    /// Open gRPC/SSE event streams.
+    pub streams: u32,
+    /// When a disconnected session expires.
+    pub grace_deadline: Option<Instant>,
+    pub maintenance: Maintenance,
+    pub drain: Option<Drain>,
+    /// The maintenance command whose completion is still owed (§5.1).
+    pub pending_maint: Option<PendingMaint>,
+}
+
+/// A maintenance mark: the page URL as sent (`""` = built-in page) and when it was entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintMark {
+    pub page: String,
+    pub entered_at: SystemTime,
+    /// Registry-wide order of entries (larger = more recent).
+    pub order: u64,
+}
+
+/// A session's maintenance marks, for active and staged routes alike.
+#[derive(Debug, Clone, Default)]
+pub struct Maintenance {
+    /// The whole-session mark of `MAINT_ENTER … ALL`: routes activated later join it.
+    pub all: Option<MaintMark>,
+    pub routes: BTreeMap<RouteId, MaintMark>,
+}
+
+impl Maintenance {
+    /// The mark in effect for a route (its own, else the whole-session one).
+    pub fn mark(&self, id: RouteId) -> Option<&MaintMark> {
+        self.routes.get(&id).or(self.all.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none() && self.routes.is_empty()
+    }
+}
+
+/// A drain in effect (§4.25).
+#[derive(Debug, Clone)]
+pub struct Drain {
+    pub started_at: SystemTime,
+    pub ramp: DrainRamp,
+    /// `drain_completed` was emitted.
+    pub completion_reported: bool,
+}
+
+/// A maintenance completion still owed to a pipe connection.
+#[derive(Debug)]
+pub struct PendingMaint {
+    pub conn: Option<ConnId>,
+    pub txn: Option<String>,
+    /// The target as received.
+    pub target: String,
+    pub generation: u64,
+    pub probe: Option<AbortHandle>,
+    /// The payload of its first `maintenance_changed`, for the confirming one.
+    pub event: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Session {
+    /// A new, connected, empty session.
+    pub fn new(
+        id: String,
+        service: String,
+        instance: String,
+        maintenance_port: u16,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        liveness: Liveness,
+        now: SystemTime,
+    ) -> Session {
+        Session {
+            id,
+            service,
+            instance,
+            maintenance_port,
+            metadata,
+            liveness,
+            created_at: now,
+            last_activity: now,
+            last_apply: None,
+            active: ConfigSet::default(),
+            staged: ConfigSet::default(),
+            staged_at: None,
+            staged_deadline: None,
+            subscriptions: BTreeSet::new(),
+            events_dropped: 0,
+            connections: BTreeSet::new(),
+            event_conn: None,
+            connected: true,
+            lease_until: None,
+            front_lease_until: None,
+            streams: 0,
+            grace_deadline: None,
+            maintenance: Maintenance::default(),
+            drain: None,
+            pending_maint: None,
+        }
+    }
+
     /// Whether staged differs from active.
     pub fn pending(&self) -> bool {
         self.staged != self.active

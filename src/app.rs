@@ -87,6 +87,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
         RegistrySettings {
             max_sessions: config.max_sessions,
             max_routes_per_session: config.max_routes_per_session,
+            max_connections_per_session: config.max_connections_per_session,
             staged_ttl: config.staged_ttl,
             session_grace: config.session_grace,
             session_lease: config.session_lease,
@@ -112,6 +113,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
     }
 
     let mut tasks = registry.spawn_background(shutdown.clone());
+    tasks.push(tokio::spawn(engine.clone().housekeeping(shutdown.clone())));
     tasks.push(tokio::spawn(proxy::serve(
         engine,
         proxy_listener,
@@ -125,6 +127,8 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
         shutdown.clone(),
         PipeSettings {
             shutdown_wait: config.shutdown_wait,
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
             ..PipeSettings::default()
         },
     )));

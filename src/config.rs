@@ -60,6 +60,15 @@ pub struct Cli {
     /// Most staged routes per session [default: 256].
     #[arg(long, env = "SWITCHYARD_MAX_ROUTES_PER_SESSION")]
     pub max_routes_per_session: Option<String>,
+    /// Most open pipe connections [default: 1024].
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Most open pipe connections from one client IP [default: 64].
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<String>,
+    /// Most open pipe connections attached to one session [default: 64].
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_SESSION")]
+    pub max_connections_per_session: Option<String>,
 }
 
 /// The validated configuration.
@@ -78,6 +87,9 @@ pub struct Config {
     pub auth_token: Option<String>,
     pub max_sessions: usize,
     pub max_routes_per_session: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_connections_per_session: usize,
 }
 
 impl Default for Config {
@@ -97,6 +109,9 @@ impl Default for Config {
             auth_token: None,
             max_sessions: 1024,
             max_routes_per_session: 256,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            max_connections_per_session: 64,
         }
     }
 }
@@ -121,7 +136,7 @@ pub enum ConfigError {
     UnknownKey(String),
 }
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 16] = [
     "proxy_listen",
     "registry_listen",
     "api_listen",
@@ -135,6 +150,9 @@ const KEYS: [&str; 13] = [
     "auth_token",
     "max_sessions",
     "max_routes_per_session",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_per_session",
 ];
 
 impl Config {
@@ -156,7 +174,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
         };
-        let flags: [(&'static str, Option<String>); 13] = [
+        let flags: [(&'static str, Option<String>); 16] = [
             ("proxy_listen", cli.proxy_listen),
             ("registry_listen", cli.registry_listen),
             ("api_listen", cli.api_listen),
@@ -170,6 +188,12 @@ impl Config {
             ("auth_token", cli.auth_token),
             ("max_sessions", cli.max_sessions),
             ("max_routes_per_session", cli.max_routes_per_session),
+            ("max_connections", cli.max_connections),
+            ("max_connections_per_ip", cli.max_connections_per_ip),
+            (
+                "max_connections_per_session",
+                cli.max_connections_per_session,
+            ),
         ];
         let mut config = Config::default();
         for (key, flag) in flags {
@@ -212,6 +236,9 @@ impl Config {
             "auth_token" => self.auth_token = Some(value).filter(|t| !t.is_empty()),
             "max_sessions" => self.max_sessions = count()?,
             "max_routes_per_session" => self.max_routes_per_session = count()?,
+            "max_connections" => self.max_connections = count()?,
+            "max_connections_per_ip" => self.max_connections_per_ip = count()?,
+            "max_connections_per_session" => self.max_connections_per_session = count()?,
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())

@@ -1,7 +1,9 @@
 //! The pipe listener: accept loop, one task per connection that reads lines, executes them in
 //! order and writes one reply each, and the `SHUTDOWN` goodbye of §2.9.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -24,6 +26,9 @@ pub struct PipeSettings {
     pub shutdown_wait: Duration,
     /// How long a half-closed connection waits for owed maintenance completions.
     pub completion_wait: Duration,
+    /// Open connections at most, in total and from one client IP (§8.4).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for PipeSettings {
@@ -33,8 +38,51 @@ impl Default for PipeSettings {
             partial_line_timeout: Duration::from_secs(30),
             shutdown_wait: Duration::from_secs(5),
             completion_wait: Duration::from_secs(9),
+            max_connections: 1024,
+            max_connections_per_ip: 64,
         }
     }
+}
+
+/// Open connections, in total and per client IP.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Releases a connection's place in the counts when it ends.
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Takes a place for a new connection from `ip`, `None` over a limit.
+fn take_slot(counts: &Arc<Mutex<Counts>>, ip: IpAddr, settings: &PipeSettings) -> Option<Slot> {
+    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+    let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+    if c.total >= settings.max_connections || from_ip >= settings.max_connections_per_ip {
+        return None;
+    }
+    c.total += 1;
+    *c.per_ip.entry(ip).or_insert(0) += 1;
+    Some(Slot {
+        counts: counts.clone(),
+        ip,
+    })
 }
 
 /// Serves pipe connections until shutdown, then waits (bounded) for them to finish.
@@ -45,19 +93,27 @@ pub async fn serve(
     settings: PipeSettings,
 ) {
     let mut connections = JoinSet::new();
+    let counts = Arc::new(Mutex::new(Counts::default()));
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(connection(
-                        registry.clone(),
-                        stream,
-                        peer,
-                        shutdown.clone(),
-                        settings.clone(),
-                    ));
+                Ok((mut stream, peer)) => {
+                    let Some(slot) = take_slot(&counts, peer.ip(), &settings) else {
+                        // §8.4: refused before any command is read.
+                        connections.spawn(async move {
+                            let _ = stream.write_all(b"ERROR|too many connections\n").await;
+                            let _ = stream.shutdown().await;
+                        });
+                        continue;
+                    };
+                    let (registry, shutdown, settings) =
+                        (registry.clone(), shutdown.clone(), settings.clone());
+                    connections.spawn(async move {
+                        connection(registry, stream, peer, shutdown, settings).await;
+                        drop(slot);
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "pipe accept failed");

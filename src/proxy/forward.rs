@@ -131,20 +131,30 @@ impl Engine {
         let Some(pool) = snapshot.table.lookup(&host, req.uri().path()) else {
             return page(Page::NoRoute, accept.as_ref(), None);
         };
-        if req.headers().contains_key(header::UPGRADE) && !pool.settings.websocket {
-            return page(Page::WebsocketRefused, accept.as_ref(), Some(pool));
-        }
-        if body_too_large(req.headers(), pool.settings.max_body_size) {
-            return page(Page::BodyTooLarge, accept.as_ref(), Some(pool));
+        if let Err(wait) = pool.live.admit(peer.ip()) {
+            pool.live.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut resp = page(Page::RateLimited, accept.as_ref(), Some(pool));
+            let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
         }
         let info = RequestInfo {
             peer,
             host_raw,
             accept,
         };
-        let chosen = choose(&pool.members).and_then(|m| Some((m, m.live.breaker.acquire()?)));
-        match chosen {
-            Some((member, permit)) => self.forward(&info, pool, member, permit, req).await,
+        let Some(member) = choose(&pool.members) else {
+            return self.unavailable(&info, pool, req).await;
+        };
+        if req.headers().contains_key(header::UPGRADE) && !pool.settings.websocket {
+            return page(Page::WebsocketRefused, info.accept.as_ref(), Some(pool));
+        }
+        if body_too_large(req.headers(), pool.settings.max_body_size) {
+            return page(Page::BodyTooLarge, info.accept.as_ref(), Some(pool));
+        }
+        match member.live.breaker.acquire() {
+            Some(permit) => self.forward(&info, pool, member, permit, req).await,
             None => self.unavailable(&info, pool, req).await,
         }
     }

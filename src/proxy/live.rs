@@ -2,11 +2,15 @@
 //! health, breaker, in-flight requests, statistics). Atomics behind an `Arc` that snapshots
 //! point to, so a member that survives an apply keeps its state.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::breaker::Breaker;
@@ -161,6 +165,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A pool's rate limit: requests per window, per client IP (§4.16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+/// The token buckets of one rate limit, keyed by client IP.
+struct Limiter {
+    limit: RateLimit,
+    buckets: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 /// Live state shared by every member of one pool (one domain + path), across applies.
 #[derive(Debug, Default)]
 pub struct PoolLive {
@@ -168,6 +193,47 @@ pub struct PoolLive {
     pub rate_limited: AtomicU64,
     /// Requests the pool answered itself because no member was available.
     pub unavailable: AtomicU64,
+    limiter: ArcSwapOption<Limiter>,
+}
+
+impl PoolLive {
+    /// Takes the pool's limit on apply; buckets survive when the limit is unchanged.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        let current = self.limiter.load().as_ref().map(|l| l.limit);
+        if current == limit {
+            return;
+        }
+        let limiter = limit.and_then(|limit| {
+            let burst = NonZeroU32::new(limit.requests)?;
+            let period = limit.window / limit.requests;
+            let quota = Quota::with_period(period)?.allow_burst(burst);
+            Some(Arc::new(Limiter {
+                limit,
+                buckets: RateLimiter::dashmap(quota),
+            }))
+        });
+        self.limiter.store(limiter);
+    }
+
+    /// Takes a token for `client`; `Err(wait)` when the bucket is empty.
+    pub fn admit(&self, client: IpAddr) -> Result<(), Duration> {
+        let guard = self.limiter.load();
+        let Some(limiter) = guard.as_ref() else {
+            return Ok(());
+        };
+        limiter
+            .buckets
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forgets buckets that are full again (idle clients).
+    pub fn reclaim_idle(&self) {
+        if let Some(limiter) = self.limiter.load().as_ref() {
+            limiter.buckets.retain_recent();
+            limiter.buckets.shrink_to_fit();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +270,36 @@ mod tests {
             assert_eq!(m.in_flight(), 2);
         }
         assert_eq!(m.in_flight(), 0);
+    }
+
+    #[test]
+    fn rate_limits_per_client_with_a_full_bucket_to_start() {
+        let pool = PoolLive::default();
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert!(pool.admit(a).is_ok(), "no limit set");
+        pool.set_rate_limit(Some(RateLimit {
+            requests: 2,
+            window: Duration::from_secs(60),
+        }));
+        assert!(pool.admit(a).is_ok());
+        assert!(pool.admit(a).is_ok());
+        let wait = pool.admit(a).expect_err("bucket empty");
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert!(pool.admit(b).is_ok(), "each client has its own bucket");
+        pool.set_rate_limit(Some(RateLimit {
+            requests: 2,
+            window: Duration::from_secs(60),
+        }));
+        assert!(
+            pool.admit(a).is_err(),
+            "an unchanged limit keeps its buckets"
+        );
+        pool.set_rate_limit(None);
+        assert!(pool.admit(a).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -95,6 +95,19 @@ impl Engine {
         let _ = self.live_tx.send(LiveEvent::Breaker { member, transition });
     }
 
+    /// Periodic upkeep until shutdown: forgets idle rate-limit buckets.
+    pub async fn housekeeping(self: Arc<Engine>, shutdown: crate::shutdown::Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+            for pool in self.snapshot().table.pools() {
+                pool.live.reclaim_idle();
+            }
+        }
+    }
+
     /// One `GET` of `url` with `timeout` through the proxy's own client (maintenance probes,
     /// `BACKEND_TEST`).
     pub async fn probe(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::live::{MemberLive, PoolLive};
+use super::live::{MemberLive, PoolLive, RateLimit};
 use super::table::RouteTable;
 
 /// What the proxy serves: one routing table, swapped whole on every apply.
@@ -16,8 +16,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the snapshot of the given pools.
+    /// Builds the snapshot of the given pools; each pool's live state takes its rate limit.
     pub fn new(pools: Vec<Pool>) -> Snapshot {
+        for pool in &pools {
+            pool.live.set_rate_limit(pool.settings.rate_limit);
+        }
         Snapshot {
             table: RouteTable::build(pools),
         }
@@ -48,6 +51,7 @@ pub struct PoolSettings {
     pub max_body_size: u64,
     pub strip_prefix: bool,
     pub preserve_host: bool,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for PoolSettings {
@@ -59,6 +63,7 @@ impl Default for PoolSettings {
             max_body_size: 100 << 20,
             strip_prefix: false,
             preserve_host: true,
+            rate_limit: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::model::{
     parse_bool, parse_duration, parse_size, BackendUrl, RouteId, RouteSpec, Scheme,
 };
 use super::session::{ConfigSet, Session};
+use crate::proxy::live::RateLimit;
 use crate::proxy::{Member, MemberLive, Pool, PoolLive, PoolSettings, Snapshot, Upstream};
 
 /// Server-wide defaults of the options of §4.13.
@@ -195,6 +196,10 @@ fn pool_settings(
             .unwrap_or(defaults.max_body_size),
         strip_prefix: flag("strip_prefix", false),
         preserve_host: flag("preserve_host", true),
+        rate_limit: ConfigSet::inherited(&cfg.ratelimit, id).map(|r| RateLimit {
+            requests: r.requests,
+            window: r.window,
+        }),
     }
 }
 

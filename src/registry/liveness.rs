@@ -63,6 +63,7 @@ impl Registry {
         }
         s.connected = holds;
         s.grace_deadline = (!holds).then_some(now + grace);
+        let grace_deadline = s.grace_deadline;
         tracing::info!(
             session = %s.log_id(),
             connected = holds,
@@ -73,7 +74,9 @@ impl Registry {
         for (_, live) in st.live_of(s) {
             live.set_connected(holds);
         }
-        self.inner.timers.notify_one();
+        if let Some(at) = grace_deadline {
+            self.schedule(st, at);
+        }
     }
 
     /// `RECONNECT` (§4.2): `Reregister` for anything but a live session.
@@ -82,6 +85,7 @@ impl Registry {
         if sid.is_empty() || !st.sessions.contains_key(sid) {
             return Ok(Reconnect::Reregister);
         }
+        self.check_attach(&st, caller, sid)?;
         self.touch(&mut st, caller, sid);
         if let Caller::Pipe(conn) = caller {
             st.session_mut(sid).event_conn = Some(conn);
@@ -236,7 +240,8 @@ impl Registry {
             }
             self.report_drain_completion(&mut st, id, now);
         }
-        st.sessions
+        let next = st
+            .sessions
             .values()
             .flat_map(|s| {
                 let leases = if s.connected {
@@ -260,7 +265,9 @@ impl Registry {
                     .flatten()
             })
             .filter(|t| *t > now)
-            .min()
+            .min();
+        st.next_wake = next;
+        next
     }
 
     /// §3.7: staged changes nobody touched for `staged_ttl` are discarded.

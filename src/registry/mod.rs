@@ -56,6 +56,7 @@ pub enum Caller {
 pub struct RegistrySettings {
     pub max_sessions: usize,
     pub max_routes_per_session: usize,
+    pub max_connections_per_session: usize,
     pub max_headers_per_target: usize,
     pub max_options_per_target: usize,
     pub session_grace: Duration,
@@ -77,6 +78,7 @@ impl Default for RegistrySettings {
         RegistrySettings {
             max_sessions: 1024,
             max_routes_per_session: 256,
+            max_connections_per_session: 64,
             max_headers_per_target: 64,
             max_options_per_target: 64,
             session_grace: Duration::from_secs(300),
@@ -127,6 +129,8 @@ struct State {
     pool_lives: PoolLives,
     /// Order of maintenance entries and generation of maintenance commands.
     counter: u64,
+    /// When the timer task wakes next (`None`: it waits for a notification).
+    next_wake: Option<Instant>,
 }
 
 /// Which configuration a command reads when it resolves a route id.
@@ -480,8 +484,23 @@ impl Registry {
         } else {
             return Err(Error::SessionNotFound);
         };
+        self.check_attach(st, caller, &id)?;
         self.touch(st, caller, &id);
         Ok(id)
+    }
+
+    /// §8.4: attaching one more connection must stay within the per-session limit.
+    fn check_attach(&self, st: &State, caller: Caller, id: &str) -> Result<()> {
+        let Caller::Pipe(conn) = caller else {
+            return Ok(());
+        };
+        let s = st.session(id);
+        if !s.connections.contains(&conn)
+            && s.connections.len() >= self.inner.settings.max_connections_per_session
+        {
+            return Err(Error::TooMany("connections for session"));
+        }
+        Ok(())
     }
 
     /// Attachment, lease renewal, implicit reconnection and activity of a resolved session.
@@ -491,6 +510,7 @@ impl Registry {
         let session = st.session_mut(id);
         session.last_activity = self.now();
         session.lease_until = Some(now + lease);
+        let leased = session.liveness == Liveness::Lease || caller == Caller::Front;
         match caller {
             Caller::Pipe(conn) => {
                 session.connections.insert(conn);
@@ -501,7 +521,19 @@ impl Registry {
             }
             Caller::Front => session.front_lease_until = Some(now + lease),
         }
+        if leased {
+            self.schedule(st, now + lease);
+        }
         self.update_liveness(st, id);
+    }
+
+    /// Makes sure the timer task wakes by `at` (it is notified only when `at` is earlier than
+    /// its next wake-up, so renewing a lease costs nothing on the hot path).
+    fn schedule(&self, st: &mut State, at: Instant) {
+        if st.next_wake.is_none_or(|wake| at < wake) {
+            st.next_wake = Some(at);
+            self.inner.timers.notify_one();
+        }
     }
 
     /// Publishes the snapshot of every active configuration.
@@ -777,10 +809,11 @@ impl Registry {
         let id = self.resolve(&mut st, caller, sid)?;
         let out = stage(&mut st, &id)?;
         let ttl = self.inner.settings.staged_ttl;
+        let deadline = Instant::now() + ttl;
         let session = st.session_mut(&id);
         session.staged_at = Some(self.now());
-        session.staged_deadline = Some(Instant::now() + ttl);
-        self.inner.timers.notify_one();
+        session.staged_deadline = Some(deadline);
+        self.schedule(&mut st, deadline);
         Ok(out)
     }
 

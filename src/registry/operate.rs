@@ -127,7 +127,7 @@ impl Registry {
             completion_reported: false,
         });
         self.report_drain_completion(&mut st, &id, now);
-        self.inner.timers.notify_one();
+        self.schedule(&mut st, ramp.completes_at());
         Ok(rfc3339(started_at + duration))
     }
 

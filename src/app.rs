@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use tower::ServiceExt;
+
 use crate::config::Config;
 use crate::pipe::{self, PipeSettings};
 use crate::proxy::{self, Engine, EngineSettings};
@@ -15,6 +17,7 @@ use crate::registry::apply::ProxyDefaults;
 use crate::registry::clock::SystemClock;
 use crate::registry::{Registry, RegistrySettings};
 use crate::shutdown::Shutdown;
+use crate::{gateway, grpc};
 
 /// A running Switchyard: its bound addresses and the means to stop it.
 pub struct AppHandle {
@@ -99,6 +102,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
             },
             ..RegistrySettings::default()
         },
+        shutdown.clone(),
     );
     let proxy_listener = bind("proxy", config.proxy_listen).await?;
     let pipe_listener = bind("pipe", config.registry_listen).await?;
@@ -133,7 +137,13 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
         },
     )));
     tracing::info!("pipe listening on {pipe_addr}");
-    tasks.push(tokio::spawn(serve_api(api_listener, shutdown.clone())));
+    let api = api_service(
+        registry.clone(),
+        config.auth_token.clone(),
+        config.admin_token.clone(),
+    )
+    .await;
+    tasks.push(tokio::spawn(serve_api(api_listener, api, shutdown.clone())));
     tracing::info!("api listening on {api_addr}");
 
     Ok(AppHandle {
@@ -146,12 +156,41 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
     })
 }
 
-/// The api listener: `/healthz` until the gRPC and HTTP fronts arrive.
-async fn serve_api(listener: TcpListener, shutdown: Shutdown) {
-    let router = axum::Router::new().route(
-        "/healthz",
-        axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-    );
+/// The api listener's service: gRPC for `application/grpc…` content types, the HTTP gateway
+/// for everything else (API.md).
+async fn api_service(
+    registry: Registry,
+    token: Option<String>,
+    admin_token: Option<String>,
+) -> axum::Router {
+    let grpc = grpc::router(
+        registry.clone(),
+        grpc::Auth {
+            token: token.clone(),
+            admin_token: admin_token.clone(),
+        },
+    )
+    .await;
+    let http = gateway::router(registry, gateway::Auth { token, admin_token });
+    let dispatch = tower::service_fn(move |req: axum::extract::Request| {
+        let (grpc, http) = (grpc.clone(), http.clone());
+        async move {
+            let is_grpc = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+            if is_grpc {
+                grpc.oneshot(req).await
+            } else {
+                http.oneshot(req).await
+            }
+        }
+    });
+    axum::Router::new().fallback_service(dispatch)
+}
+
+async fn serve_api(listener: TcpListener, router: axum::Router, shutdown: Shutdown) {
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await;

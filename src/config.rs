@@ -54,6 +54,9 @@ pub struct Cli {
     /// Shared secret every REGISTER must carry (off when unset).
     #[arg(long, env = "SWITCHYARD_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Token for the Admin API and /metrics (the auth token when unset).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Most live sessions [default: 1024].
     #[arg(long, env = "SWITCHYARD_MAX_SESSIONS")]
     pub max_sessions: Option<String>,
@@ -85,6 +88,7 @@ pub struct Config {
     pub default_max_body_size: u64,
     pub shutdown_wait: Duration,
     pub auth_token: Option<String>,
+    pub admin_token: Option<String>,
     pub max_sessions: usize,
     pub max_routes_per_session: usize,
     pub max_connections: usize,
@@ -107,6 +111,7 @@ impl Default for Config {
             default_max_body_size: 100 << 20,
             shutdown_wait: Duration::from_secs(5),
             auth_token: None,
+            admin_token: None,
             max_sessions: 1024,
             max_routes_per_session: 256,
             max_connections: 1024,
@@ -136,7 +141,7 @@ pub enum ConfigError {
     UnknownKey(String),
 }
 
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "proxy_listen",
     "registry_listen",
     "api_listen",
@@ -148,6 +153,7 @@ const KEYS: [&str; 16] = [
     "default_max_body_size",
     "shutdown_wait",
     "auth_token",
+    "admin_token",
     "max_sessions",
     "max_routes_per_session",
     "max_connections",
@@ -174,7 +180,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
         };
-        let flags: [(&'static str, Option<String>); 16] = [
+        let flags: [(&'static str, Option<String>); 17] = [
             ("proxy_listen", cli.proxy_listen),
             ("registry_listen", cli.registry_listen),
             ("api_listen", cli.api_listen),
@@ -186,6 +192,7 @@ impl Config {
             ("default_max_body_size", cli.default_max_body_size),
             ("shutdown_wait", cli.shutdown_wait),
             ("auth_token", cli.auth_token),
+            ("admin_token", cli.admin_token),
             ("max_sessions", cli.max_sessions),
             ("max_routes_per_session", cli.max_routes_per_session),
             ("max_connections", cli.max_connections),
@@ -234,6 +241,7 @@ impl Config {
             }
             "shutdown_wait" => self.shutdown_wait = duration()?,
             "auth_token" => self.auth_token = Some(value).filter(|t| !t.is_empty()),
+            "admin_token" => self.admin_token = Some(value).filter(|t| !t.is_empty()),
             "max_sessions" => self.max_sessions = count()?,
             "max_routes_per_session" => self.max_routes_per_session = count()?,
             "max_connections" => self.max_connections = count()?,

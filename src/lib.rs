@@ -14,6 +14,8 @@
 
 pub mod app;
 pub mod config;
+pub mod gateway;
+pub mod grpc;
 pub mod pipe;
 pub mod proxy;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! The `switchyard` binary: flags → `Config` → logging → `app::run` until SIGTERM/SIGINT.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use crate::registry::clock::rfc3339;
 use crate::registry::model::{route_input_from_json, split_list, RouteInput};
 use crate::registry::operate::{BackendTest, StatsReport};
 use crate::registry::views::Reconnect;
@@ -26,6 +27,7 @@ pub async fn execute(registry: &Registry, conn: ConnId, peer: IpAddr, cmd: &Comm
                     maintenance_port: a(2).into(),
                     metadata: a(3).into(),
                     peer: Some(peer),
+                    token: None,
                 },
             )
             .map(|id| Reply::text("ACK", id)),
@@ -103,7 +105,7 @@ pub async fn execute(registry: &Registry, conn: ConnId, peer: IpAddr, cmd: &Comm
             .map(done("CIRCUIT_OK")),
         Verb::DrainStart => registry
             .drain_start(caller, sid, a(0))
-            .map(|at| Reply::text("DRAIN_OK", at)),
+            .map(|at| Reply::text("DRAIN_OK", rfc3339(at))),
         Verb::DrainStatus => registry
             .drain_status(caller, sid)
             .map(|status| Reply::json("DRAIN_STATUS_OK", &status)),

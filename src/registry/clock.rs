@@ -29,6 +29,35 @@ pub fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Serde helpers that write times and durations as PROTOCOL writes them.
+pub mod ser {
+    use std::time::{Duration, SystemTime};
+
+    use serde::Serializer;
+
+    /// A timestamp as RFC 3339.
+    pub fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*t))
+    }
+
+    /// An optional timestamp: RFC 3339 or null.
+    pub fn opt_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => time(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// An optional duration as a number of seconds (`30`, `0.5`) or null.
+    pub fn opt_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) if d.subsec_nanos() == 0 => s.serialize_u64(d.as_secs()),
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,17 @@ impl EventType {
     }
 }
 
+/// Which sessions an event is for (§5.2, "sent to").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// The session the event concerns.
+    Owner,
+    /// Every session of this service (`session_expired`).
+    Service(String),
+    /// Every session (`global_config_changed`).
+    Everyone,
+}
+
 /// One event as the bus carries it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -100,9 +111,19 @@ pub struct Event {
     pub data: Map<String, Value>,
     /// The whole payload as the pipe writes it: compact JSON, `|` escaped (§1.5).
     pub pipe_json: String,
+    pub audience: Audience,
 }
 
 impl Event {
+    /// Whether the event is for the session `id` of `service`.
+    pub fn reaches(&self, id: &str, service: &str) -> bool {
+        match &self.audience {
+            Audience::Owner => self.session_id == id,
+            Audience::Service(s) => s == service,
+            Audience::Everyone => true,
+        }
+    }
+
     /// The flat payload: `seq`, `time`, `session_id`, `route_id`, then the type's own keys.
     pub fn payload(&self) -> Map<String, Value> {
         let mut map = Map::with_capacity(self.data.len() + 4);
@@ -147,6 +168,7 @@ impl EventBus {
         session_id: &str,
         route_id: Option<RouteId>,
         data: Map<String, Value>,
+        audience: Audience,
         time: SystemTime,
     ) -> Arc<Event> {
         let mut event = Event {
@@ -157,6 +179,7 @@ impl EventBus {
             route_id,
             data,
             pipe_json: String::new(),
+            audience,
         };
         // Serialising a map of JSON values cannot fail.
         let json = serde_json::to_string(&event.payload()).unwrap_or_default();
@@ -328,6 +351,7 @@ mod tests {
             "s",
             None,
             data,
+            Audience::Owner,
             SystemTime::UNIX_EPOCH,
         );
         let json = serde_json::to_string(&e.payload()).expect("json");
@@ -346,6 +370,7 @@ mod tests {
                 "s",
                 None,
                 Map::new(),
+                Audience::Owner,
                 SystemTime::UNIX_EPOCH,
             );
         }
@@ -363,6 +388,7 @@ mod tests {
             "s",
             None,
             Map::new(),
+            Audience::Owner,
             SystemTime::UNIX_EPOCH,
         );
         assert!(out.push_event(e.clone()));

@@ -2,13 +2,14 @@
 //! proxy, and the single completion line within the bound, confirmed by probes.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::clock::ser;
 use super::model::{normalize_domain, parse_route_path, split_list, RouteId};
 use super::session::{MaintMark, PendingMaint, Session};
 use super::{
@@ -28,7 +29,8 @@ struct Resolved {
 pub struct MaintRoute {
     pub route_id: String,
     pub maintenance_backend: String,
-    pub entered_at: String,
+    #[serde(serialize_with = "ser::time")]
+    pub entered_at: SystemTime,
 }
 
 /// `MAINT_STATUS_OK` (§4.30).
@@ -37,7 +39,8 @@ pub struct MaintStatus {
     pub in_maintenance: Vec<String>,
     pub all: bool,
     pub maintenance_backend: Option<String>,
-    pub entered_at: Option<String>,
+    #[serde(serialize_with = "ser::opt_time")]
+    pub entered_at: Option<SystemTime>,
     pub routes: Vec<MaintRoute>,
 }
 
@@ -400,13 +403,13 @@ impl Registry {
             in_maintenance: marked.iter().map(|(r, _)| r.to_string()).collect(),
             all: s.maintenance.all.is_some(),
             maintenance_backend: latest.map(|m| m.page.clone()),
-            entered_at: latest.map(|m| super::rfc3339(m.entered_at)),
+            entered_at: latest.map(|m| m.entered_at),
             routes: marked
                 .iter()
                 .map(|(rid, m)| MaintRoute {
                     route_id: rid.to_string(),
                     maintenance_backend: m.page.clone(),
-                    entered_at: super::rfc3339(m.entered_at),
+                    entered_at: m.entered_at,
                 })
                 .collect(),
         })

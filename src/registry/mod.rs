@@ -6,6 +6,7 @@ pub mod apply;
 pub mod clock;
 pub mod error;
 pub mod events;
+pub mod feed;
 mod liveness;
 pub mod maintenance;
 pub mod model;
@@ -29,10 +30,11 @@ use crate::proxy::breaker::BreakerConfig;
 use crate::proxy::live::{MaintenanceMark, MaintenancePage};
 use crate::proxy::probe::ProbeTarget;
 use crate::proxy::{Engine, MemberLive};
+use crate::shutdown::Shutdown;
 use apply::{build_snapshot, upstream_of, Claims, PoolLives, ProxyDefaults};
 use clock::{rfc3339, unix_seconds, Clock};
 pub use error::{Error, ErrorKind, Result};
-use events::{EventBus, EventType, Outbox};
+use events::{Audience, EventBus, EventType, Outbox};
 use model::{
     is_known_option, parse_domains, parse_int, parse_route_path, split_list, validate_header_value,
     validate_instance_name, validate_option, validate_service_name, validate_settable_header,
@@ -106,6 +108,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: RegistrySettings,
     bus: EventBus,
+    /// Triggered when the server stops: event streams end.
+    stopping: Shutdown,
     /// Wakes the timer task when a deadline moved.
     timers: Notify,
     next_conn: AtomicU64,
@@ -367,7 +371,7 @@ fn parse_metadata(text: &str) -> Result<Metadata> {
 }
 
 /// Constant-time comparison of secrets.
-fn same_secret(a: &str, b: &str) -> bool {
+pub fn same_secret(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
@@ -407,6 +411,9 @@ pub struct RegisterRequest {
     pub metadata: String,
     /// The peer address, the instance name when none is given.
     pub peer: Option<IpAddr>,
+    /// The token a front has taken from the call itself (gRPC/HTTP bearer); when `None` the
+    /// metadata's `auth_token` is the token (the pipe, PROTOCOL §8.2).
+    pub token: Option<String>,
 }
 
 /// Bulk items as a front parsed them: the whole list may be malformed, or single elements.
@@ -433,8 +440,13 @@ impl EndReason {
 }
 
 impl Registry {
-    /// A registry that publishes into `engine`.
-    pub fn new(engine: Arc<Engine>, clock: Arc<dyn Clock>, settings: RegistrySettings) -> Registry {
+    /// A registry that publishes into `engine`; its streams end when `stopping` fires.
+    pub fn new(
+        engine: Arc<Engine>,
+        clock: Arc<dyn Clock>,
+        settings: RegistrySettings,
+        stopping: Shutdown,
+    ) -> Registry {
         let bus = EventBus::new(settings.event_ring);
         Registry {
             inner: Arc::new(Inner {
@@ -446,6 +458,7 @@ impl Registry {
                 clock,
                 settings,
                 bus,
+                stopping,
                 timers: Notify::new(),
                 next_conn: AtomicU64::new(1),
             }),
@@ -566,22 +579,27 @@ impl Registry {
             Value::Object(map) => map,
             _ => Map::new(),
         };
+        let audience = match kind {
+            EventType::GlobalConfigChanged => Audience::Everyone,
+            EventType::SessionExpired => Audience::Service(
+                data.get("service_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            _ => Audience::Owner,
+        };
+        let now = self.now();
         let event = self
             .inner
             .bus
-            .publish(kind, session, route, data, self.now());
-        let recipients: Vec<String> = match kind {
-            EventType::GlobalConfigChanged => st.sessions.keys().cloned().collect(),
-            EventType::SessionExpired => {
-                let service = event.data.get("service_name").and_then(Value::as_str);
-                st.sessions
-                    .values()
-                    .filter(|s| Some(s.service.as_str()) == service)
-                    .map(|s| s.id.clone())
-                    .collect()
-            }
-            _ => vec![session.to_string()],
-        };
+            .publish(kind, session, route, data, audience, now);
+        let recipients: Vec<String> = st
+            .sessions
+            .values()
+            .filter(|s| event.reaches(&s.id, &s.service))
+            .map(|s| s.id.clone())
+            .collect();
         for id in recipients {
             let Some(s) = st.sessions.get_mut(&id) else {
                 continue;
@@ -665,7 +683,7 @@ impl Registry {
         };
         let meta = parse_metadata(&req.metadata)?;
         if let Some(expected) = &self.inner.settings.auth_token {
-            let given = meta.token.as_deref().unwrap_or("");
+            let given = req.token.as_deref().or(meta.token.as_deref()).unwrap_or("");
             if !same_secret(given, expected) {
                 return Err(Error::PermissionDenied("invalid auth token".into()));
             }
@@ -742,7 +760,7 @@ impl Registry {
             .pending()
             .then_some(s.staged_at)
             .flatten()
-            .map(|t| rfc3339(t + self.inner.settings.staged_ttl));
+            .map(|t| t + self.inner.settings.staged_ttl);
         let ignored_options = s
             .staged
             .options
@@ -764,13 +782,13 @@ impl Registry {
             service_name: s.service.clone(),
             instance_name: s.instance.clone(),
             maintenance_port: s.maintenance_port,
-            connected_at: rfc3339(s.created_at),
+            connected_at: s.created_at,
             uptime_seconds: now
                 .duration_since(s.created_at)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            last_activity: rfc3339(s.last_activity),
-            last_apply: s.last_apply.map(rfc3339),
+            last_activity: s.last_activity,
+            last_apply: s.last_apply,
             routes_active: s.active.routes.len() as u64,
             routes_staged,
             metadata: s.metadata.clone(),
@@ -1338,7 +1356,12 @@ mod tests {
         let clock = Arc::new(FixedClock(
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_734_694_200),
         ));
-        let reg = Registry::new(engine.clone(), clock, RegistrySettings::default());
+        let reg = Registry::new(
+            engine.clone(),
+            clock,
+            RegistrySettings::default(),
+            Shutdown::new(),
+        );
         (reg, engine)
     }
 
@@ -1351,6 +1374,7 @@ mod tests {
                 maintenance_port: "0".into(),
                 metadata: "{}".into(),
                 peer: None,
+                token: None,
             },
         )
         .expect("register")

@@ -3,15 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 
-use super::clock::rfc3339;
-use super::model::{duration_in, seconds_number, RouteId};
+use super::clock::{rfc3339, ser};
+use super::model::{duration_in, RouteId};
 use super::session::{ConfigSet, Drain};
+use super::staging::RouteStatus;
+use super::views::{SessionInfo, TableRoute};
 use super::{
     backend_allowed, model, probe_target, Caller, Error, EventType, Reads, Registry, Result, State,
 };
@@ -22,8 +24,10 @@ use crate::proxy::live::DrainRamp;
 pub struct DrainStatus {
     pub active: bool,
     pub completed: bool,
-    pub started_at: String,
-    pub completes_at: String,
+    #[serde(serialize_with = "ser::time")]
+    pub started_at: SystemTime,
+    #[serde(serialize_with = "ser::time")]
+    pub completes_at: SystemTime,
     pub duration_seconds: u64,
     pub elapsed_seconds: u64,
     pub remaining_seconds: u64,
@@ -40,10 +44,13 @@ pub struct BreakerReport {
     pub failures: u32,
     pub successes: u32,
     pub threshold: Option<u32>,
-    pub timeout_seconds: Option<Value>,
+    #[serde(rename = "timeout_seconds", serialize_with = "ser::opt_seconds")]
+    pub timeout: Option<Duration>,
     pub half_open_requests: Option<u32>,
-    pub last_failure: Option<String>,
-    pub next_attempt: Option<String>,
+    #[serde(serialize_with = "ser::opt_time")]
+    pub last_failure: Option<SystemTime>,
+    #[serde(serialize_with = "ser::opt_time")]
+    pub next_attempt: Option<SystemTime>,
     pub healthy: bool,
     pub in_maintenance: bool,
     pub draining: bool,
@@ -63,7 +70,8 @@ pub struct RouteStats {
     pub status_codes: BTreeMap<String, u64>,
     pub rate_limited: u64,
     pub unavailable: u64,
-    pub since: String,
+    #[serde(serialize_with = "ser::time")]
+    pub since: SystemTime,
 }
 
 /// `STATS_GET` answers an array for the session and an object for one route.
@@ -100,7 +108,7 @@ fn floor_secs(d: Duration) -> u64 {
 impl Registry {
     /// `DRAIN_START` (§4.25): the ramp takes effect in the proxy before the reply; returns the
     /// completion time.
-    pub fn drain_start(&self, caller: Caller, sid: &str, duration: &str) -> Result<String> {
+    pub fn drain_start(&self, caller: Caller, sid: &str, duration: &str) -> Result<SystemTime> {
         let mut st = self.lock();
         let id = self.resolve(&mut st, caller, sid)?;
         let duration = duration_in(duration, Duration::ZERO, Duration::from_secs(86_400))
@@ -128,7 +136,7 @@ impl Registry {
         });
         self.report_drain_completion(&mut st, &id, now);
         self.schedule(&mut st, ramp.completes_at());
-        Ok(rfc3339(started_at + duration))
+        Ok(started_at + duration)
     }
 
     /// Emits `drain_completed` once the ramp has reached 0.
@@ -165,8 +173,8 @@ impl Registry {
         Ok(DrainStatus {
             active: true,
             completed,
-            started_at: rfc3339(drain.started_at),
-            completes_at: rfc3339(drain.started_at + ramp.duration),
+            started_at: drain.started_at,
+            completes_at: drain.started_at + ramp.duration,
             duration_seconds: floor_secs(ramp.duration),
             elapsed_seconds,
             remaining_seconds,
@@ -210,10 +218,10 @@ impl Registry {
             failures: status.failures,
             successes: status.successes,
             threshold: config.map(|c| c.threshold),
-            timeout_seconds: config.map(|c| seconds_number(c.timeout)),
+            timeout: config.map(|c| c.timeout),
             half_open_requests: config.map(|c| c.half_open_requests),
-            last_failure: status.last_failure.map(rfc3339),
-            next_attempt: status.next_attempt.map(rfc3339),
+            last_failure: status.last_failure,
+            next_attempt: status.next_attempt,
             healthy: live.healthy(),
             in_maintenance: live.in_maintenance(),
             draining: s.drain.is_some(),
@@ -298,8 +306,65 @@ impl Registry {
                 .collect(),
             rate_limited,
             unavailable,
-            since: rfc3339(stats.since),
+            since: stats.since,
         })
+    }
+
+    /// Admin `ListSessions`: every live session, by id.
+    pub fn list_sessions(&self) -> Vec<SessionInfo> {
+        let st = self.lock();
+        let mut all: Vec<SessionInfo> =
+            st.sessions.values().map(|s| self.info_of(&st, s)).collect();
+        all.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        all
+    }
+
+    /// Admin `GetRouteTable`: every active route of every session, with its status.
+    pub fn route_table(&self) -> Vec<TableRoute> {
+        let st = self.lock();
+        let mut rows: Vec<(RouteId, TableRoute)> = st
+            .sessions
+            .values()
+            .flat_map(|s| {
+                s.active.routes.iter().map(move |(rid, r)| {
+                    let status = RouteStatus::of(s.staged.routes.get(rid), Some(r))
+                        .map_or("active", RouteStatus::as_str);
+                    (
+                        *rid,
+                        TableRoute {
+                            session_id: s.id.clone(),
+                            service_name: s.service.clone(),
+                            route_id: rid.to_string(),
+                            domains: r.domains.clone(),
+                            path: r.path.clone(),
+                            backend_url: r.backend.raw.clone(),
+                            priority: r.priority,
+                            status,
+                        },
+                    )
+                })
+            })
+            .collect();
+        rows.sort_by_key(|(rid, _)| *rid);
+        rows.into_iter().map(|(_, row)| row).collect()
+    }
+
+    /// Admin `GetStats`: (session id, service, stats) of every active route.
+    pub fn all_stats(&self) -> Vec<(String, String, RouteStats)> {
+        let st = self.lock();
+        let mut out: Vec<(RouteId, (String, String, RouteStats))> = st
+            .sessions
+            .values()
+            .flat_map(|s| {
+                let st = &st;
+                s.active.routes.keys().filter_map(move |rid| {
+                    let stats = self.route_stats(st, &s.id, *rid)?;
+                    Some((*rid, (s.id.clone(), s.service.clone(), stats)))
+                })
+            })
+            .collect();
+        out.sort_by_key(|(rid, _)| *rid);
+        out.into_iter().map(|(_, row)| row).collect()
     }
 
     /// `BACKEND_TEST` (§4.32): one `GET`, redirects not followed, within the test timeout.

@@ -1,7 +1,11 @@
 //! What the registry reports: reply payloads with their keys in PROTOCOL's order.
 
+use std::time::SystemTime;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use super::clock::ser;
 
 /// `SESSION_OK` (§4.4).
 #[derive(Debug, Clone, Serialize)]
@@ -10,10 +14,13 @@ pub struct SessionInfo {
     pub service_name: String,
     pub instance_name: String,
     pub maintenance_port: u16,
-    pub connected_at: String,
+    #[serde(serialize_with = "ser::time")]
+    pub connected_at: SystemTime,
     pub uptime_seconds: u64,
-    pub last_activity: String,
-    pub last_apply: Option<String>,
+    #[serde(serialize_with = "ser::time")]
+    pub last_activity: SystemTime,
+    #[serde(serialize_with = "ser::opt_time")]
+    pub last_apply: Option<SystemTime>,
     pub routes_active: u64,
     pub routes_staged: u64,
     pub metadata: Map<String, Value>,
@@ -22,7 +29,8 @@ pub struct SessionInfo {
     pub connections: u64,
     pub draining: bool,
     pub in_maintenance: bool,
-    pub staged_expires_at: Option<String>,
+    #[serde(serialize_with = "ser::opt_time")]
+    pub staged_expires_at: Option<SystemTime>,
     pub ignored_options: Vec<String>,
     pub events_dropped: u64,
 }
@@ -64,6 +72,19 @@ pub struct BulkResult {
 pub struct ShutdownOutcome {
     /// The carrying connection is attached to no other live session and should close.
     pub close_connection: bool,
+}
+
+/// One route of the live table across sessions (Admin `GetRouteTable`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TableRoute {
+    pub session_id: String,
+    pub service_name: String,
+    pub route_id: String,
+    pub domains: Vec<String>,
+    pub path: String,
+    pub backend_url: String,
+    pub priority: i32,
+    pub status: &'static str,
 }
 
 /// `RECONNECT`'s two successful answers.

@@ -1,0 +1,176 @@
+//! Event feeds for streams (gRPC `Subscribe`/`WatchEvents`, SSE): a bus receiver filtered to
+//! what one session (or an operator) should see, with replay and lag reporting (API.md).
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+
+use super::events::{Event, EventType};
+use super::Registry;
+
+/// How many items a feed buffers for a slow reader before it drops events.
+const FEED_BUFFER: usize = 256;
+
+/// One item of a feed.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    Event(Arc<Event>),
+    /// `n` events were dropped for this reader (the `lagged` notice).
+    Lagged(u64),
+}
+
+/// A live feed; dropping it closes the stream it serves.
+pub struct Feed {
+    rx: mpsc::Receiver<FeedItem>,
+    _guard: StreamGuard,
+}
+
+/// Keeps a session connected while its stream is open (§2.5).
+struct StreamGuard {
+    registry: Registry,
+    session: Option<String>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(id) = &self.session {
+            self.registry.stream_closed(id);
+        }
+    }
+}
+
+impl Stream for Feed {
+    type Item = FeedItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Whom a feed serves.
+#[derive(Debug, Clone)]
+pub struct FeedFilter {
+    /// A session's stream, or every session's (operators).
+    pub session: Option<String>,
+    /// Only these types (`None`: all, or the session's subscriptions).
+    pub types: Option<BTreeSet<EventType>>,
+    /// Replay retained events after this sequence number first.
+    pub after: Option<u64>,
+}
+
+impl Registry {
+    /// Opens a feed. The bus receiver exists before this returns, so an event caused after the
+    /// caller sends its response headers is never missed.
+    pub fn open_feed(&self, filter: FeedFilter) -> Feed {
+        let mut live = self.bus().subscribe();
+        let replay = filter
+            .after
+            .map(|seq| self.bus().replay_after(seq))
+            .unwrap_or_default();
+        if let Some(id) = &filter.session {
+            self.stream_opened(id);
+        }
+        let (tx, rx) = mpsc::channel(FEED_BUFFER);
+        let registry = self.clone();
+        let stop = self.inner.stopping.clone();
+        let session = filter.session.clone();
+        let guard_session = filter.session.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            // Events dropped for this reader and not yet announced by a `lagged` notice.
+            let mut unreported = 0u64;
+            for event in replay {
+                match registry.feed_wants(&filter, &event) {
+                    None => return,
+                    Some(false) => continue,
+                    Some(true) => {}
+                }
+                last = event.seq;
+                if tx.send(FeedItem::Event(event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = tokio::select! {
+                    _ = stop.wait() => return,
+                    _ = tx.closed() => return,
+                    received = live.recv() => received,
+                };
+                let event = match item {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        registry.count_stream_drops(session.as_deref(), n);
+                        unreported += n;
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                match registry.feed_wants(&filter, &event) {
+                    None => return,
+                    Some(false) => continue,
+                    Some(true) if event.seq <= last => continue,
+                    Some(true) => {}
+                }
+                let item = if unreported > 0 {
+                    FeedItem::Lagged(unreported)
+                } else {
+                    FeedItem::Event(event.clone())
+                };
+                let notice = matches!(item, FeedItem::Lagged(_));
+                match tx.try_send(item) {
+                    Ok(()) if notice => {
+                        unreported = 0;
+                        // The event itself still has to go out after the notice.
+                        if tx.try_send(FeedItem::Event(event)).is_err() {
+                            registry.count_stream_drops(session.as_deref(), 1);
+                            unreported += 1;
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        registry.count_stream_drops(session.as_deref(), 1);
+                        unreported += 1;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        });
+        Feed {
+            rx,
+            _guard: StreamGuard {
+                registry: self.clone(),
+                session: guard_session,
+            },
+        }
+    }
+
+    /// Whether a feed carries `event`; `None` when its session has ended.
+    fn feed_wants(&self, filter: &FeedFilter, event: &Event) -> Option<bool> {
+        if filter
+            .types
+            .as_ref()
+            .is_some_and(|t| !t.contains(&event.kind))
+        {
+            return Some(false);
+        }
+        let Some(id) = &filter.session else {
+            return Some(true);
+        };
+        let st = self.lock();
+        let session = st.sessions.get(id)?;
+        Some(
+            session.subscriptions.contains(&event.kind)
+                && event.reaches(&session.id, &session.service),
+        )
+    }
+
+    fn count_stream_drops(&self, session: Option<&str>, n: u64) {
+        if let Some(id) = session {
+            self.count_dropped(id, n);
+        }
+    }
+}

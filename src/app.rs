@@ -191,7 +191,8 @@ async fn api_service(
 }
 
 async fn serve_api(listener: TcpListener, router: axum::Router, shutdown: Shutdown) {
-    let served = axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await;
     if let Err(error) = served {

@@ -6,13 +6,15 @@ pub mod error;
 pub mod events;
 pub mod openapi;
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::header::AUTHORIZATION;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -89,7 +91,7 @@ async fn authorize(State(auth): State<Auth>, req: Request, next: Next) -> Respon
     let path = req.uri().path();
     let expected = if path == "/healthz" || path == "/openapi.json" {
         None
-    } else if path.starts_with("/v2/admin/") {
+    } else if path.starts_with("/v2/admin/") || path == "/metrics" {
         auth.admin_token.as_ref().or(auth.token.as_ref())
     } else {
         auth.token.as_ref()
@@ -114,6 +116,7 @@ fn routes(registry: Registry) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics))
         .route("/v2/sessions", post(register))
         .route(s, get(session_info).delete(client_shutdown))
         .route(&format!("{s}/reconnect"), post(reconnect))
@@ -184,12 +187,21 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+async fn metrics(State(r): State<Registry>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        r.prometheus_text(),
+    )
+        .into_response()
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 async fn register(
     State(r): State<Registry>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Body(b): Body<RegisterBody>,
 ) -> ApiResult {
@@ -205,7 +217,7 @@ async fn register(
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             metadata: Value::Object(metadata).to_string(),
-            peer: None,
+            peer: peer.map(|Extension(ConnectInfo(addr))| addr.ip()),
             token: Some(bearer(&headers).unwrap_or("").to_string()),
         },
     )?;

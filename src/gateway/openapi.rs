@@ -188,6 +188,7 @@ pub fn operations() -> Vec<Operation> {
         op!("get", "/v2/admin/events", "WatchEvents"),
         op!("get", "/healthz", "Healthz"),
         op!("get", "/openapi.json", "OpenApi"),
+        op!("get", "/metrics", "Metrics"),
     ]
 }
 

@@ -207,7 +207,7 @@ impl From<BreakerReport> for pb::CircuitBreakerStatusReply {
             failures: b.failures,
             successes: b.successes,
             threshold: b.threshold,
-            timeout_seconds: b.timeout.map(duration),
+            timeout_seconds: b.timeout.map(|d| d.as_secs_f64()),
             half_open_requests: b.half_open_requests,
             last_failure: b.last_failure.map(timestamp),
             next_attempt: b.next_attempt.map(timestamp),

@@ -55,6 +55,10 @@ fn bearer<T>(request: &Request<T>) -> Option<String> {
 impl pb::registry_server::Registry for RegistryService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterReply> {
         let token = bearer(&request);
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
         let r = request.into_inner();
         let mut metadata = r
             .metadata
@@ -71,7 +75,7 @@ impl pb::registry_server::Registry for RegistryService {
                     instance_name: r.instance_name,
                     maintenance_port: r.maintenance_port.to_string(),
                     metadata: serde_json::Value::Object(metadata).to_string(),
-                    peer: None,
+                    peer,
                     token,
                 },
             )
@@ -420,7 +424,15 @@ impl pb::registry_server::Registry for RegistryService {
         self.registry
             .subscribe(FRONT, &r.session_id, &types)
             .map_err(status)?;
-        ok(event_stream(&self.registry, Some(r.session_id), None))
+        let asked = crate::registry::events::EventType::parse_list(&types)
+            .map_err(status)?
+            .into_iter()
+            .collect();
+        ok(event_stream(
+            &self.registry,
+            Some(r.session_id),
+            Some(asked),
+        ))
     }
 
     async fn unsubscribe(&self, request: Request<pb::EventTypesRequest>) -> Reply<pb::Empty> {

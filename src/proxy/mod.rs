@@ -4,6 +4,7 @@
 pub mod body;
 pub mod breaker;
 pub mod forward;
+pub mod health;
 pub mod live;
 pub mod pages;
 pub mod pool;
@@ -33,7 +34,16 @@ pub struct EngineSettings {
 /// Something that changed in a member's live state on its own, for the registry to report.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    Breaker { member: u64, transition: Transition },
+    Breaker {
+        member: u64,
+        transition: Transition,
+    },
+    Health {
+        member: u64,
+        healthy: bool,
+        reason: &'static str,
+        status: Option<u16>,
+    },
 }
 
 /// The proxy engine: the published snapshot, the upstream clients and the live-event channel.
@@ -41,6 +51,7 @@ pub struct Engine {
     snapshot: ArcSwap<Snapshot>,
     client: forward::UpstreamClient,
     probes: probe::ProbeClient,
+    health: health::HealthChecker,
     live_tx: mpsc::UnboundedSender<LiveEvent>,
     live_rx: Mutex<Option<mpsc::UnboundedReceiver<LiveEvent>>>,
 }
@@ -48,10 +59,12 @@ pub struct Engine {
 impl Engine {
     pub fn new(settings: EngineSettings) -> Arc<Engine> {
         let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let probes = probe::probe_client(settings.connect_timeout);
         Arc::new(Engine {
+            health: health::HealthChecker::new(probes.clone(), live_tx.clone()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             client: forward::upstream_client(settings.connect_timeout),
-            probes: probe::probe_client(settings.connect_timeout),
+            probes,
             live_tx,
             live_rx: Mutex::new(Some(live_rx)),
         })
@@ -66,6 +79,19 @@ impl Engine {
     /// The snapshot in force now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Runs exactly these health checks (shared per distinct target). Outside a Tokio
+    /// runtime (pure unit tests) nothing is started.
+    pub fn sync_health(&self, checked: Vec<health::Checked>) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.health.sync(checked);
+        }
+    }
+
+    /// How many distinct health-check targets are probed now.
+    pub fn health_checks(&self) -> usize {
+        self.health.running()
     }
 
     /// The receiver of live events; there is one, for the registry.

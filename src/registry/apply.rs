@@ -11,7 +11,9 @@ use super::model::{
     parse_bool, parse_duration, parse_size, BackendUrl, RouteId, RouteSpec, Scheme,
 };
 use super::session::{ConfigSet, Session};
+use crate::proxy::health::{CheckSpec, Checked};
 use crate::proxy::live::RateLimit;
+use crate::proxy::table::join_path;
 use crate::proxy::{Member, MemberLive, Pool, PoolLive, PoolSettings, Snapshot, Upstream};
 
 /// Server-wide defaults of the options of §4.13.
@@ -135,6 +137,62 @@ pub fn build_snapshot<'a>(
     }
     pool_lives.retain(|key, _| pools.contains_key(key));
     Snapshot::new(pools.into_values().map(|b| b.pool).collect())
+}
+
+/// The effective health check of every active route (§3.3): its own `HEALTH_SET`, else the
+/// session's `ALL`, else the default check built from the options; interval 0 disables it.
+pub fn health_checks<'a>(
+    sessions: impl Iterator<Item = &'a Session>,
+    members: &HashMap<RouteId, Arc<MemberLive>>,
+) -> Vec<Checked> {
+    let mut out = Vec::new();
+    for session in sessions {
+        let cfg = &session.active;
+        for (id, route) in &cfg.routes {
+            let Some(live) = members.get(id) else {
+                continue;
+            };
+            let (path, interval, timeout, lenient) = match ConfigSet::inherited(&cfg.health, *id) {
+                Some(h) => (h.path.clone(), h.interval, h.timeout, false),
+                None => {
+                    let duration = |key, default| {
+                        cfg.option(*id, key)
+                            .and_then(parse_duration)
+                            .unwrap_or(default)
+                    };
+                    let interval = duration("health_check_interval", Duration::from_secs(30));
+                    let timeout = duration("health_check_timeout", Duration::from_secs(5));
+                    let path = cfg
+                        .option(*id, "health_check_path")
+                        .unwrap_or("/")
+                        .to_string();
+                    (path, interval, timeout.min(interval), true)
+                }
+            };
+            if interval.is_zero() {
+                continue;
+            }
+            let upstream = upstream_of(&route.backend);
+            let (p, q) = match path.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (path.as_str(), None),
+            };
+            out.push(Checked {
+                member: id.0,
+                live: live.clone(),
+                spec: CheckSpec {
+                    scheme: upstream.scheme,
+                    authority: upstream.authority,
+                    host_header: upstream.host_header,
+                    path_and_query: join_path(&upstream.base_path, "/", false, p, q),
+                    interval,
+                    timeout,
+                    lenient,
+                },
+            });
+        }
+    }
+    out
 }
 
 /// Where the proxy sends a member's requests for a backend URL.

@@ -1,7 +1,7 @@
 //! Event feeds for streams (gRPC `Subscribe`/`WatchEvents`, SSE): a bus receiver filtered to
 //! what one session (or an operator) should see, with replay and lag reporting (API.md).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -80,56 +80,61 @@ impl Registry {
         let session = filter.session.clone();
         let guard_session = filter.session.clone();
         tokio::spawn(async move {
-            let mut last = 0;
+            // Highest sequence number looked at, of any session.
+            let mut last = 0u64;
             // Events dropped for this reader and not yet announced by a `lagged` notice.
             let mut unreported = 0u64;
-            for event in replay {
-                match registry.feed_wants(&filter, &event) {
-                    None => return,
-                    Some(false) => continue,
-                    Some(true) => {}
-                }
-                last = event.seq;
-                if tx.send(FeedItem::Event(event)).await.is_err() {
-                    return;
-                }
-            }
+            // Retained events to go through first (replay, or catching up after the task
+            // itself fell behind the bus); the reader asked for these, so they wait for room.
+            let mut backlog: VecDeque<Arc<Event>> = replay.into();
             loop {
-                let item = tokio::select! {
-                    _ = stop.wait() => return,
-                    _ = tx.closed() => return,
-                    received = live.recv() => received,
-                };
-                let event = match item {
-                    Ok(event) => event,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        registry.count_stream_drops(session.as_deref(), n);
-                        unreported += n;
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                match registry.feed_wants(&filter, &event) {
-                    None => return,
-                    Some(false) => continue,
-                    Some(true) if event.seq <= last => continue,
-                    Some(true) => {}
-                }
-                let item = if unreported > 0 {
-                    FeedItem::Lagged(unreported)
-                } else {
-                    FeedItem::Event(event.clone())
-                };
-                let notice = matches!(item, FeedItem::Lagged(_));
-                match tx.try_send(item) {
-                    Ok(()) if notice => {
-                        unreported = 0;
-                        // The event itself still has to go out after the notice.
-                        if tx.try_send(FeedItem::Event(event)).is_err() {
-                            registry.count_stream_drops(session.as_deref(), 1);
-                            unreported += 1;
+                let (event, from_backlog) = match backlog.pop_front() {
+                    Some(event) => (event, true),
+                    None => {
+                        let received = tokio::select! {
+                            biased;
+                            _ = stop.wait() => return,
+                            _ = tx.closed() => return,
+                            permit = tx.reserve(), if unreported > 0 => {
+                                let Ok(permit) = permit else { return };
+                                permit.send(FeedItem::Lagged(unreported));
+                                unreported = 0;
+                                continue;
+                            }
+                            received = live.recv() => received,
+                        };
+                        match received {
+                            Ok(event) => (event, false),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                backlog.extend(registry.bus().replay_after(last));
+                                continue;
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return,
                         }
                     }
+                };
+                if event.seq <= last {
+                    continue;
+                }
+                last = event.seq;
+                match registry.feed_wants(&filter, &event) {
+                    None => return,
+                    Some(false) => continue,
+                    Some(true) => {}
+                }
+                if from_backlog {
+                    if tx.send(FeedItem::Event(event)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if unreported > 0 {
+                    // The notice goes out in place of the missed events, before newer ones.
+                    registry.count_stream_drops(session.as_deref(), 1);
+                    unreported += 1;
+                    continue;
+                }
+                match tx.try_send(FeedItem::Event(event)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         registry.count_stream_drops(session.as_deref(), 1);

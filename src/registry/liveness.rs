@@ -198,6 +198,37 @@ impl Registry {
                     data,
                 );
             }
+            LiveEvent::Health {
+                member,
+                healthy,
+                reason,
+                status,
+            } => {
+                let rid = super::RouteId(member);
+                let Some(owner) = st.route_owner.get(&rid).cloned() else {
+                    return;
+                };
+                let Some(route) = st
+                    .sessions
+                    .get(&owner)
+                    .and_then(|s| s.active.routes.get(&rid))
+                else {
+                    return;
+                };
+                let data = json!({
+                    "backend": route.backend.raw,
+                    "healthy": healthy,
+                    "reason": reason,
+                    "status_code": status,
+                });
+                self.emit(
+                    &mut st,
+                    EventType::BackendHealthChanged,
+                    &owner,
+                    Some(rid),
+                    data,
+                );
+            }
         }
     }
 

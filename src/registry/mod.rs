@@ -9,6 +9,7 @@ pub mod events;
 pub mod feed;
 mod liveness;
 pub mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod operate;
 pub mod session;
@@ -564,6 +565,9 @@ impl Registry {
             &self.inner.settings.proxy,
         );
         self.inner.engine.publish(snapshot);
+        self.inner
+            .engine
+            .sync_health(apply::health_checks(sessions.values(), members));
     }
 
     /// Publishes an event and queues it for the pipe sessions that should see it (§5.2).

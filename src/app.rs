@@ -25,6 +25,7 @@ pub struct AppHandle {
     pipe_addr: SocketAddr,
     api_addr: SocketAddr,
     registry: Registry,
+    engine: Arc<Engine>,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -45,6 +46,11 @@ impl AppHandle {
     /// The registry every front drives.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The proxy engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Starts a graceful shutdown without waiting for it.
@@ -119,7 +125,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
     let mut tasks = registry.spawn_background(shutdown.clone());
     tasks.push(tokio::spawn(engine.clone().housekeeping(shutdown.clone())));
     tasks.push(tokio::spawn(proxy::serve(
-        engine,
+        engine.clone(),
         proxy_listener,
         shutdown.clone(),
         config.shutdown_wait,
@@ -151,6 +157,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
         pipe_addr,
         api_addr,
         registry,
+        engine,
         shutdown,
         tasks,
     })

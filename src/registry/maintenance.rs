@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
 use super::clock::ser;
 use super::model::{normalize_domain, parse_route_path, split_list, RouteId};
@@ -25,21 +26,23 @@ struct Resolved {
 }
 
 /// One route of `MAINT_STATUS_OK`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MaintRoute {
     pub route_id: String,
     pub maintenance_backend: String,
     #[serde(serialize_with = "ser::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub entered_at: SystemTime,
 }
 
 /// `MAINT_STATUS_OK` (§4.30).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MaintStatus {
     pub in_maintenance: Vec<String>,
     pub all: bool,
     pub maintenance_backend: Option<String>,
     #[serde(serialize_with = "ser::opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub entered_at: Option<SystemTime>,
     pub routes: Vec<MaintRoute>,
 }

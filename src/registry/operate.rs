@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
 use super::clock::{rfc3339, ser};
 use super::model::{duration_in, RouteId};
@@ -20,13 +21,15 @@ use super::{
 use crate::proxy::live::DrainRamp;
 
 /// `DRAIN_STATUS_OK` (§4.26).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DrainStatus {
     pub active: bool,
     pub completed: bool,
     #[serde(serialize_with = "ser::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: SystemTime,
     #[serde(serialize_with = "ser::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub completes_at: SystemTime,
     pub duration_seconds: u64,
     pub elapsed_seconds: u64,
@@ -36,7 +39,7 @@ pub struct DrainStatus {
 }
 
 /// `CIRCUIT_STATUS_OK` (§4.18).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BreakerReport {
     pub route_id: String,
     pub configured: bool,
@@ -45,11 +48,14 @@ pub struct BreakerReport {
     pub successes: u32,
     pub threshold: Option<u32>,
     #[serde(rename = "timeout_seconds", serialize_with = "ser::opt_seconds")]
+    #[schema(value_type = Option<f64>)]
     pub timeout: Option<Duration>,
     pub half_open_requests: Option<u32>,
     #[serde(serialize_with = "ser::opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_failure: Option<SystemTime>,
     #[serde(serialize_with = "ser::opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt: Option<SystemTime>,
     pub healthy: bool,
     pub in_maintenance: bool,
@@ -57,7 +63,7 @@ pub struct BreakerReport {
 }
 
 /// One route's statistics (§4.31).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RouteStats {
     pub route_id: String,
     pub requests: u64,
@@ -71,6 +77,7 @@ pub struct RouteStats {
     pub rate_limited: u64,
     pub unavailable: u64,
     #[serde(serialize_with = "ser::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub since: SystemTime,
 }
 
@@ -82,7 +89,7 @@ pub enum StatsReport {
 }
 
 /// `BACKEND_OK` / `BACKEND_FAIL` payloads (§4.32).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BackendTest {
     Reachable {

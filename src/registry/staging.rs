@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::{Error, Result};
 use super::model::{RouteId, RouteSpec, Target};
@@ -225,7 +226,7 @@ fn check_references(cfg: &ConfigSet) -> Result<()> {
 }
 
 /// Added / removed / modified route ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct IdChanges {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -233,7 +234,7 @@ pub struct IdChanges {
 }
 
 /// Added / removed / modified entry counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct CountChanges {
     pub added: u64,
     pub removed: u64,
@@ -241,7 +242,7 @@ pub struct CountChanges {
 }
 
 /// The payload of `DIFF_OK` (§4.23), keys in the documented order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Diff {
     pub routes: IdChanges,
     pub headers: CountChanges,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, HOST};
-use http::{HeaderMap, Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -165,23 +165,47 @@ impl Engine {
         pool: &Pool,
         member: &Member,
         permit: Permit,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let live = &member.live;
         let started = Instant::now();
         let body_sink = Some(live.clone());
-        let Some(upstream) = upstream_request(info, pool, &member.upstream, None, req, body_sink)
+        // A WebSocket (or other) upgrade: the client side is taken over once the backend agrees.
+        let upgrade = upgrade_protocol(req.headers()).map(|protocol| {
+            let client = hyper::upgrade::on(&mut req);
+            (protocol, client)
+        });
+        let Some(mut upstream) =
+            upstream_request(info, pool, &member.upstream, None, req, body_sink)
         else {
             return page(Page::InvalidHost, info.accept.as_ref(), Some(pool));
         };
+        if let Some((protocol, _)) = &upgrade {
+            let h = upstream.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, protocol.clone());
+        }
         let _in_flight = live.begin();
         let outcome = tokio::time::timeout(member.timeout, self.client.request(upstream)).await;
         let (status, resp) = match outcome {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 let status = resp.status().as_u16();
+                let switched = match upgrade {
+                    Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let backend = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client, backend, live.clone()));
+                        resp.headers().get(header::UPGRADE).cloned()
+                    }
+                    _ => None,
+                };
                 let mut resp =
                     resp.map(|b| Either::Left(Counted::new(b, live.clone(), Direction::Sent)));
                 strip_hop_by_hop(resp.headers_mut());
+                if let Some(protocol) = switched {
+                    let h = resp.headers_mut();
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    h.insert(header::UPGRADE, protocol);
+                }
                 apply_route_headers(resp.headers_mut(), pool, false);
                 (status, resp)
             }
@@ -317,6 +341,47 @@ fn retry_after(pool: &Pool) -> HeaderValue {
         .unwrap_or(1)
         .max(1);
     HeaderValue::from(secs)
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between an upgraded client and backend until either side closes;
+/// the bytes count into the member's statistics. Applies and drains never cut it.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    live: Arc<super::MemberLive>,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        Ok((to_backend, to_client)) => {
+            live.stats
+                .bytes_received
+                .fetch_add(to_backend, Ordering::Relaxed);
+            live.stats
+                .bytes_sent
+                .fetch_add(to_client, Ordering::Relaxed);
+        }
+        Err(error) => tracing::debug!(%error, "tunnel closed with an error"),
+    }
 }
 
 fn body_too_large(headers: &HeaderMap, max: u64) -> bool {

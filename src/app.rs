@@ -89,6 +89,7 @@ pub async fn start(config: Config) -> std::io::Result<AppHandle> {
     let shutdown = Shutdown::new();
     let engine = Engine::new(EngineSettings {
         connect_timeout: config.default_connect_timeout,
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let registry = Registry::new(
         engine.clone(),

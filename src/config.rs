@@ -63,6 +63,9 @@ pub struct Cli {
     /// Most staged routes per session [default: 256].
     #[arg(long, env = "SWITCHYARD_MAX_ROUTES_PER_SESSION")]
     pub max_routes_per_session: Option<String>,
+    /// Comma-separated CIDRs of proxies whose X-Forwarded-For is believed [default: none].
+    #[arg(long, env = "SWITCHYARD_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Most open pipe connections [default: 1024].
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
@@ -91,6 +94,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub max_sessions: usize,
     pub max_routes_per_session: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_connections_per_session: usize,
@@ -114,6 +118,7 @@ impl Default for Config {
             admin_token: None,
             max_sessions: 1024,
             max_routes_per_session: 256,
+            trusted_proxies: Vec::new(),
             max_connections: 1024,
             max_connections_per_ip: 64,
             max_connections_per_session: 64,
@@ -141,7 +146,7 @@ pub enum ConfigError {
     UnknownKey(String),
 }
 
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 18] = [
     "proxy_listen",
     "registry_listen",
     "api_listen",
@@ -156,6 +161,7 @@ const KEYS: [&str; 17] = [
     "admin_token",
     "max_sessions",
     "max_routes_per_session",
+    "trusted_proxies",
     "max_connections",
     "max_connections_per_ip",
     "max_connections_per_session",
@@ -180,7 +186,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
         };
-        let flags: [(&'static str, Option<String>); 17] = [
+        let flags: [(&'static str, Option<String>); 18] = [
             ("proxy_listen", cli.proxy_listen),
             ("registry_listen", cli.registry_listen),
             ("api_listen", cli.api_listen),
@@ -195,6 +201,7 @@ impl Config {
             ("admin_token", cli.admin_token),
             ("max_sessions", cli.max_sessions),
             ("max_routes_per_session", cli.max_routes_per_session),
+            ("trusted_proxies", cli.trusted_proxies),
             ("max_connections", cli.max_connections),
             ("max_connections_per_ip", cli.max_connections_per_ip),
             (
@@ -244,6 +251,18 @@ impl Config {
             "admin_token" => self.admin_token = Some(value).filter(|t| !t.is_empty()),
             "max_sessions" => self.max_sessions = count()?,
             "max_routes_per_session" => self.max_routes_per_session = count()?,
+            "trusted_proxies" => {
+                self.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse::<ipnet::IpNet>()
+                            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| bad("comma-separated CIDRs such as 10.0.0.0/8"))?
+            }
             "max_connections" => self.max_connections = count()?,
             "max_connections_per_ip" => self.max_connections_per_ip = count()?,
             "max_connections_per_session" => self.max_connections_per_session = count()?,

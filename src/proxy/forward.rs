@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -33,8 +33,11 @@ use crate::shutdown::Shutdown;
 /// Bodies the proxy answers with: the backend's stream, or a built-in page.
 pub type ProxyBody = Either<Counted, Full<Bytes>>;
 
+/// What the proxy sends upstream: the client's body, or nothing (a retried request).
+pub type UpstreamBody = Either<Counted, Empty<Bytes>>;
+
 /// The upstream HTTP client (hyper-util's pooled client for now; PERFORMANCE.md).
-pub type UpstreamClient = Client<HttpConnector, Counted>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// Builds the pooled upstream client.
 pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
@@ -131,7 +134,7 @@ impl Engine {
         let Some(pool) = snapshot.table.lookup(&host, req.uri().path()) else {
             return page(Page::NoRoute, accept.as_ref(), None);
         };
-        if let Err(wait) = pool.live.admit(peer.ip()) {
+        if let Err(wait) = pool.live.admit(self.client_ip(peer.ip(), req.headers())) {
             pool.live.rate_limited.fetch_add(1, Ordering::Relaxed);
             let mut resp = page(Page::RateLimited, accept.as_ref(), Some(pool));
             let secs = (wait.as_secs_f64().ceil() as u64).max(1);
@@ -167,16 +170,19 @@ impl Engine {
         permit: Permit,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let live = &member.live;
-        let started = Instant::now();
-        let body_sink = Some(live.clone());
         // A WebSocket (or other) upgrade: the client side is taken over once the backend agrees.
         let upgrade = upgrade_protocol(req.headers()).map(|protocol| {
             let client = hyper::upgrade::on(&mut req);
             (protocol, client)
         });
-        let Some(mut upstream) =
-            upstream_request(info, pool, &member.upstream, None, req, body_sink)
+        let retry = (upgrade.is_none() && retryable(&req)).then(|| RetryHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        });
+        let (parts, body) = req.into_parts();
+        let body = Either::Left(Counted::new(body, member.live.clone(), Direction::Received));
+        let Some(mut upstream) = upstream_request(info, pool, &member.upstream, None, parts, body)
         else {
             return page(Page::InvalidHost, info.accept.as_ref(), Some(pool));
         };
@@ -185,13 +191,70 @@ impl Engine {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, protocol.clone());
         }
+        let client_upgrade = upgrade.map(|(_, client)| client);
+        let (resp, connect_failed) = self
+            .attempt(info, pool, member, permit, upstream, client_upgrade)
+            .await;
+        if !connect_failed {
+            return resp;
+        }
+        // §3.10 step 4: an idempotent request whose connect failed is retried once on
+        // another available member.
+        let Some(head) = retry else {
+            return resp;
+        };
+        let others: Vec<Member> = pool
+            .members
+            .iter()
+            .filter(|m| m.id != member.id)
+            .cloned()
+            .collect();
+        let Some((other, permit)) =
+            choose(&others).and_then(|m| Some((m, m.live.breaker.acquire()?)))
+        else {
+            return resp;
+        };
+        let Ok(again) = head.request() else {
+            return resp;
+        };
+        let (parts, _) = again.into_parts();
+        let Some(upstream) = upstream_request(
+            info,
+            pool,
+            &other.upstream,
+            None,
+            parts,
+            Either::Right(Empty::new()),
+        ) else {
+            return resp;
+        };
+        self.attempt(info, pool, other, permit, upstream, None)
+            .await
+            .0
+    }
+
+    /// Sends one request to one member and records the outcome in its statistics and
+    /// breaker; also says whether the connection could not be made.
+    async fn attempt(
+        &self,
+        info: &RequestInfo,
+        pool: &Pool,
+        member: &Member,
+        permit: Permit,
+        upstream: Request<UpstreamBody>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> (Response<ProxyBody>, bool) {
+        let live = &member.live;
+        let started = Instant::now();
         let _in_flight = live.begin();
-        let outcome = tokio::time::timeout(member.timeout, self.client.request(upstream)).await;
+        let client = self.client_for(member.connect_timeout);
+        let outcome = tokio::time::timeout(member.timeout, client.request(upstream)).await;
+        let mut connect_failed = false;
         let (status, resp) = match outcome {
             Ok(Ok(mut resp)) => {
                 let status = resp.status().as_u16();
-                let switched = match upgrade {
-                    Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let switched = match client_upgrade {
+                    Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let backend = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client, backend, live.clone()));
                         resp.headers().get(header::UPGRADE).cloned()
@@ -211,6 +274,7 @@ impl Engine {
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, member = member.id, "upstream transport error");
+                connect_failed = error.is_connect();
                 (
                     502,
                     page(Page::BadGateway, info.accept.as_ref(), Some(pool)),
@@ -225,7 +289,7 @@ impl Engine {
         if let Some(t) = live.breaker.record(permit, status < 500) {
             self.report_breaker(member.id, live, t);
         }
-        resp
+        (resp, connect_failed)
     }
 
     /// No member is available (§3.10 step 4): the maintenance response of the most recent
@@ -276,15 +340,18 @@ impl Engine {
         page_url: &MaintenancePage,
         req: Request<Incoming>,
     ) -> Option<Response<ProxyBody>> {
+        let (parts, body) = req.into_parts();
+        let body = Either::Left(Counted::uncounted(body));
         let upstream = upstream_request(
             info,
             pool,
             &page_url.upstream,
             page_url.query.as_deref(),
-            req,
-            None,
+            parts,
+            body,
         )?;
-        let resp = tokio::time::timeout(member.timeout, self.client.request(upstream))
+        let client = self.client_for(member.connect_timeout);
+        let resp = tokio::time::timeout(member.timeout, client.request(upstream))
             .await
             .ok()?
             .ok()?;
@@ -341,6 +408,39 @@ fn retry_after(pool: &Pool) -> HeaderValue {
         .unwrap_or(1)
         .max(1);
     HeaderValue::from(secs)
+}
+
+/// What a retry needs of the original request.
+struct RetryHead {
+    method: http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RetryHead {
+    /// The original request again, without a body.
+    fn request(self) -> Result<Request<()>, http::Error> {
+        let mut req = Request::builder()
+            .method(self.method)
+            .uri(self.uri)
+            .body(())?;
+        *req.headers_mut() = self.headers;
+        Ok(req)
+    }
+}
+
+/// Idempotent and without a body: safe to send again after a failed connect.
+fn retryable<B>(req: &Request<B>) -> bool {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let h = req.headers();
+    let bodyless = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(CONTENT_LENGTH)
+            .is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == "0"));
+    idempotent && bodyless
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
@@ -400,10 +500,9 @@ fn upstream_request(
     pool: &Pool,
     upstream: &Upstream,
     fallback_query: Option<&str>,
-    req: Request<Incoming>,
-    body_sink: Option<Arc<super::MemberLive>>,
-) -> Option<Request<Counted>> {
-    let (mut parts, body) = req.into_parts();
+    mut parts: http::request::Parts,
+    body: UpstreamBody,
+) -> Option<Request<UpstreamBody>> {
     let target = join_path(
         &upstream.base_path,
         &pool.path,
@@ -441,10 +540,6 @@ fn upstream_request(
         HeaderValue::from_str(&info.host_raw).ok()?,
     );
     headers.insert(X_REAL_IP.clone(), HeaderValue::from_str(&ip).ok()?);
-    let body = match body_sink {
-        Some(live) => Counted::new(body, live, Direction::Received),
-        None => Counted::uncounted(body),
-    };
     Some(Request::from_parts(parts, body))
 }
 

@@ -29,6 +29,17 @@ pub use snapshot::{Member, Pool, PoolSettings, Snapshot, Upstream};
 pub struct EngineSettings {
     /// Default connect timeout to backends.
     pub connect_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed for the client address (§4.16).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            connect_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// Something that changed in a member's live state on its own, for the registry to report.
@@ -50,6 +61,10 @@ pub enum LiveEvent {
 pub struct Engine {
     snapshot: ArcSwap<Snapshot>,
     client: forward::UpstreamClient,
+    default_connect_timeout: Duration,
+    /// Pooled clients for members whose `connect_timeout` is not the default.
+    clients: Mutex<std::collections::HashMap<Duration, forward::UpstreamClient>>,
+    trusted_proxies: Vec<ipnet::IpNet>,
     probes: probe::ProbeClient,
     health: health::HealthChecker,
     live_tx: mpsc::UnboundedSender<LiveEvent>,
@@ -64,6 +79,9 @@ impl Engine {
             health: health::HealthChecker::new(probes.clone(), live_tx.clone()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             client: forward::upstream_client(settings.connect_timeout),
+            default_connect_timeout: settings.connect_timeout,
+            clients: Mutex::new(std::collections::HashMap::new()),
+            trusted_proxies: settings.trusted_proxies,
             probes,
             live_tx,
             live_rx: Mutex::new(Some(live_rx)),
@@ -74,6 +92,37 @@ impl Engine {
     /// one or entirely by this one.
     pub fn publish(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The pooled client that connects within `connect_timeout`.
+    pub(crate) fn client_for(&self, connect_timeout: Duration) -> forward::UpstreamClient {
+        if connect_timeout == self.default_connect_timeout {
+            return self.client.clone();
+        }
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(connect_timeout)
+            .or_insert_with(|| forward::upstream_client(connect_timeout))
+            .clone()
+    }
+
+    /// The client address of a request (§4.16): the peer, or — when the peer is a trusted
+    /// proxy — the last `X-Forwarded-For` address that is not one.
+    pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
+        let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+            .rev()
+            .find(|ip| !trusted(ip))
+            .unwrap_or(peer)
     }
 
     /// The snapshot in force now.

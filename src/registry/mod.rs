@@ -1354,9 +1354,7 @@ mod tests {
     }
 
     fn registry() -> (Registry, Arc<Engine>) {
-        let engine = Engine::new(EngineSettings {
-            connect_timeout: Duration::from_secs(1),
-        });
+        let engine = Engine::new(EngineSettings::default());
         let clock = Arc::new(FixedClock(
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_734_694_200),
         ));

@@ -25,7 +25,7 @@ use super::breaker::Permit;
 use super::live::MaintenancePage;
 use super::pages::Page;
 use super::pool::choose;
-use super::snapshot::{Member, Pool, Upstream};
+use super::snapshot::{BackendProtocol, Member, Pool, Upstream};
 use super::table::{join_path, normalize_host};
 use super::Engine;
 use crate::shutdown::Shutdown;
@@ -39,15 +39,24 @@ pub type UpstreamBody = Either<Counted, Empty<Bytes>>;
 /// The upstream HTTP client (hyper-util's pooled client for now; PERFORMANCE.md).
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
-/// Builds the pooled upstream client.
-pub fn upstream_client(connect_timeout: Duration) -> UpstreamClient {
+/// Builds a pooled upstream client; `h2` speaks HTTP/2 with prior knowledge.
+pub fn upstream_client(connect_timeout: Duration, h2: bool) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(h2)
         .set_host(false)
         .build(connector)
+}
+
+/// Whether a request is gRPC (which needs HTTP/2 end to end).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// Hop-by-hop headers, never forwarded in either direction.
@@ -247,7 +256,18 @@ impl Engine {
         let live = &member.live;
         let started = Instant::now();
         let _in_flight = live.begin();
-        let client = self.client_for(member.connect_timeout);
+        let h2 = match member.protocol {
+            BackendProtocol::H2 => true,
+            BackendProtocol::Http1 => false,
+            BackendProtocol::Auto => is_grpc(upstream.headers()),
+        };
+        let mut upstream = upstream;
+        if h2 {
+            *upstream.version_mut() = Version::HTTP_2;
+            // HTTP/2 carries the authority in the URI; a Host header is not sent.
+            upstream.headers_mut().remove(HOST);
+        }
+        let client = self.client_for(member.connect_timeout, h2);
         let outcome = tokio::time::timeout(member.timeout, client.request(upstream)).await;
         let mut connect_failed = false;
         let (status, resp) = match outcome {
@@ -350,7 +370,7 @@ impl Engine {
             parts,
             body,
         )?;
-        let client = self.client_for(member.connect_timeout);
+        let client = self.client_for(member.connect_timeout, false);
         let resp = tokio::time::timeout(member.timeout, client.request(upstream))
             .await
             .ok()?

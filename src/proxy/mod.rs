@@ -62,8 +62,9 @@ pub struct Engine {
     snapshot: ArcSwap<Snapshot>,
     client: forward::UpstreamClient,
     default_connect_timeout: Duration,
-    /// Pooled clients for members whose `connect_timeout` is not the default.
-    clients: Mutex<std::collections::HashMap<Duration, forward::UpstreamClient>>,
+    /// Pooled clients for members whose `connect_timeout` is not the default, or that speak
+    /// HTTP/2 to their backends.
+    clients: Mutex<std::collections::HashMap<(Duration, bool), forward::UpstreamClient>>,
     trusted_proxies: Vec<ipnet::IpNet>,
     probes: probe::ProbeClient,
     health: health::HealthChecker,
@@ -78,7 +79,7 @@ impl Engine {
         Arc::new(Engine {
             health: health::HealthChecker::new(probes.clone(), live_tx.clone()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            client: forward::upstream_client(settings.connect_timeout),
+            client: forward::upstream_client(settings.connect_timeout, false),
             default_connect_timeout: settings.connect_timeout,
             clients: Mutex::new(std::collections::HashMap::new()),
             trusted_proxies: settings.trusted_proxies,
@@ -95,15 +96,19 @@ impl Engine {
     }
 
     /// The pooled client that connects within `connect_timeout`.
-    pub(crate) fn client_for(&self, connect_timeout: Duration) -> forward::UpstreamClient {
-        if connect_timeout == self.default_connect_timeout {
+    pub(crate) fn client_for(
+        &self,
+        connect_timeout: Duration,
+        h2: bool,
+    ) -> forward::UpstreamClient {
+        if connect_timeout == self.default_connect_timeout && !h2 {
             return self.client.clone();
         }
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(connect_timeout)
-            .or_insert_with(|| forward::upstream_client(connect_timeout))
+            .entry((connect_timeout, h2))
+            .or_insert_with(|| forward::upstream_client(connect_timeout, h2))
             .clone()
     }
 

@@ -76,7 +76,19 @@ pub struct Member {
     pub upstream: Upstream,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub protocol: BackendProtocol,
     pub live: Arc<MemberLive>,
+}
+
+/// The protocol a member's backend is spoken to in (option `backend_protocol`, §4.13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    /// HTTP/2 for gRPC requests, HTTP/1.1 otherwise.
+    #[default]
+    Auto,
+    Http1,
+    /// Always HTTP/2 (prior knowledge on `http`).
+    H2,
 }
 
 /// Where a member's requests go.

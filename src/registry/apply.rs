@@ -13,6 +13,7 @@ use super::model::{
 use super::session::{ConfigSet, Session};
 use crate::proxy::health::{CheckSpec, Checked};
 use crate::proxy::live::RateLimit;
+use crate::proxy::snapshot::BackendProtocol;
 use crate::proxy::table::join_path;
 use crate::proxy::{Member, MemberLive, Pool, PoolLive, PoolSettings, Snapshot, Upstream};
 
@@ -222,6 +223,11 @@ fn member(
         upstream: upstream_of(&route.backend),
         timeout: duration("timeout").unwrap_or(defaults.timeout),
         connect_timeout: duration("connect_timeout").unwrap_or(defaults.connect_timeout),
+        protocol: match cfg.option(id, "backend_protocol") {
+            Some("http1") => BackendProtocol::Http1,
+            Some("h2") => BackendProtocol::H2,
+            _ => BackendProtocol::Auto,
+        },
         live,
     }
 }

@@ -1,7 +1,7 @@
-//! A body wrapper that counts the bytes it carries into a member's statistics.
+//! Body wrappers that count the bytes they carry into a member's statistics.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,41 +11,26 @@ use hyper::body::Incoming;
 
 use super::live::MemberLive;
 
-/// Which counter a body feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Request bodies read from clients.
-    Received,
-    /// Response bodies written to clients.
-    Sent,
-}
-
-/// An `Incoming` body whose data bytes are added to a member's counter as they pass.
+/// A request body (`Incoming`) whose data bytes are added to a member's `bytes_received` as
+/// they pass.
 #[derive(Debug)]
 pub struct Counted {
     inner: Incoming,
-    sink: Option<(Arc<MemberLive>, Direction)>,
+    sink: Option<Arc<MemberLive>>,
 }
 
 impl Counted {
-    /// Counts into `live`'s counter for `direction`.
-    pub fn new(inner: Incoming, live: Arc<MemberLive>, direction: Direction) -> Counted {
+    /// Counts into `live`'s `bytes_received`.
+    pub fn new(inner: Incoming, live: Arc<MemberLive>) -> Counted {
         Counted {
             inner,
-            sink: Some((live, direction)),
+            sink: Some(live),
         }
     }
 
     /// Passes bytes through without counting.
     pub fn uncounted(inner: Incoming) -> Counted {
         Counted { inner, sink: None }
-    }
-
-    fn counter(live: &MemberLive, direction: Direction) -> &AtomicU64 {
-        match direction {
-            Direction::Received => &live.stats.bytes_received,
-            Direction::Sent => &live.stats.bytes_sent,
-        }
     }
 }
 
@@ -58,9 +43,56 @@ impl Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some((live, direction))) = (&polled, &self.sink) {
+        if let (Poll::Ready(Some(Ok(frame))), Some(live)) = (&polled, &self.sink) {
             if let Some(data) = frame.data_ref() {
-                Counted::counter(live, *direction).fetch_add(data.len() as u64, Ordering::Relaxed);
+                live.stats
+                    .bytes_received
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts the response bytes a client receives (after compression) into a member's
+/// `bytes_sent`; `None` for the proxy's own pages.
+#[derive(Debug)]
+pub struct CountSent<B> {
+    inner: B,
+    live: Option<Arc<MemberLive>>,
+}
+
+impl<B> CountSent<B> {
+    pub fn new(inner: B, live: Option<Arc<MemberLive>>) -> CountSent<B> {
+        CountSent { inner, live }
+    }
+}
+
+impl<B> Body for CountSent<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(live)) = (&polled, &self.live) {
+            if let Some(data) = frame.data_ref() {
+                live.stats
+                    .bytes_sent
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
         polled

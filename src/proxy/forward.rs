@@ -17,10 +17,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tower_http::compression::predicate::Predicate;
+use tower_http::compression::{CompressionBody, CompressionLayer};
 
-use super::body::{Counted, Direction};
+use super::body::{CountSent, Counted};
 use super::breaker::Permit;
 use super::live::MaintenancePage;
 use super::pages::Page;
@@ -49,6 +52,53 @@ pub fn upstream_client(connect_timeout: Duration, h2: bool) -> UpstreamClient {
         .http2_only(h2)
         .set_host(false)
         .build(connector)
+}
+
+/// Marks a response whose route has the `compression` option on.
+#[derive(Debug, Clone, Copy)]
+struct Compressible;
+
+/// The member whose `bytes_sent` a response counts into.
+#[derive(Debug, Clone)]
+struct SentBy(Arc<super::MemberLive>);
+
+/// §3.10 step 8: compress when the route asks for it, the body is compressible text, JSON,
+/// JavaScript, XML or SVG of at least 1 KiB (or of unknown length), and `no-transform` is not
+/// set; responses already encoded are left alone by the layer itself.
+#[derive(Debug, Clone, Copy)]
+struct RouteCompression;
+
+impl Predicate for RouteCompression {
+    fn should_compress<B: http_body::Body>(&self, response: &Response<B>) -> bool {
+        if response.extensions().get::<Compressible>().is_none() {
+            return false;
+        }
+        let h = response.headers();
+        let content_type = h
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        let compressible = media.starts_with("text/")
+            || media == "application/json"
+            || media == "application/javascript"
+            || media == "application/xml"
+            || media == "image/svg+xml"
+            || media.ends_with("+json")
+            || media.ends_with("+xml");
+        let no_transform = h
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("no-transform"));
+        let large_enough = response
+            .body()
+            .size_hint()
+            .exact()
+            .is_none_or(|len| len >= 1024);
+        compressible && !no_transform && large_enough
+    }
 }
 
 /// Whether a request is gRPC (which needs HTTP/2 end to end).
@@ -190,7 +240,7 @@ impl Engine {
             headers: req.headers().clone(),
         });
         let (parts, body) = req.into_parts();
-        let body = Either::Left(Counted::new(body, member.live.clone(), Direction::Received));
+        let body = Either::Left(Counted::new(body, member.live.clone()));
         let Some(mut upstream) = upstream_request(info, pool, &member.upstream, None, parts, body)
         else {
             return page(Page::InvalidHost, info.accept.as_ref(), Some(pool));
@@ -281,8 +331,11 @@ impl Engine {
                     }
                     _ => None,
                 };
-                let mut resp =
-                    resp.map(|b| Either::Left(Counted::new(b, live.clone(), Direction::Sent)));
+                let mut resp = resp.map(|b| Either::Left(Counted::uncounted(b)));
+                resp.extensions_mut().insert(SentBy(live.clone()));
+                if pool.settings.compression {
+                    resp.extensions_mut().insert(Compressible);
+                }
                 strip_hop_by_hop(resp.headers_mut());
                 if let Some(protocol) = switched {
                     let h = resp.headers_mut();
@@ -588,10 +641,25 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let engine = engine.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let proxy = tower::service_fn(move |req| {
             let engine = engine.clone();
             async move { Ok::<_, Infallible>(engine.handle(peer, req).await) }
         });
+        let service = tower::ServiceBuilder::new()
+            .map_response(|resp: Response<CompressionBody<ProxyBody>>| {
+                let live = resp.extensions().get::<SentBy>().map(|s| s.0.clone());
+                resp.map(|body| CountSent::new(body, live))
+            })
+            .layer(
+                CompressionLayer::new()
+                    .br(true)
+                    .gzip(true)
+                    .no_deflate()
+                    .no_zstd()
+                    .compress_when(RouteCompression),
+            )
+            .service(proxy);
+        let service = TowerToHyperService::new(service);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

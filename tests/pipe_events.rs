@@ -12,21 +12,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn expect(pipe: &mut Pipe, line: &str, want: &str) {
-    assert_eq!(pipe.cmd(line).await, want, "reply to {line}");
-}
-
-async fn register_quiet(pipe: &mut Pipe, service: &str, instance: &str) -> String {
-    let sid = pipe.register(service, instance).await;
-    expect(
-        pipe,
-        &format!("OPTIONS_SET|{sid}|ALL|health_check_interval|0"),
-        "OPTIONS_OK",
-    )
-    .await;
-    sid
-}
-
 async fn session_info(pipe: &mut Pipe, sid: &str) -> Value {
     payload(
         &pipe.cmd(&format!("SESSION_INFO|{sid}")).await,

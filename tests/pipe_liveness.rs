@@ -12,23 +12,6 @@ use serde_json::{json, Value};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Sends `line` and asserts its exact reply.
-async fn expect(pipe: &mut Pipe, line: &str, want: &str) {
-    assert_eq!(pipe.cmd(line).await, want, "reply to {line}");
-}
-
-/// REGISTERs and turns the default health check off, so backends see only proxied requests.
-async fn register_quiet(pipe: &mut Pipe, service: &str, instance: &str) -> String {
-    let sid = pipe.register(service, instance).await;
-    expect(
-        pipe,
-        &format!("OPTIONS_SET|{sid}|ALL|health_check_interval|0"),
-        "OPTIONS_OK",
-    )
-    .await;
-    sid
-}
-
 /// A session on `pipe` with one applied route `host` `/` → `backend`.
 async fn serving(
     pipe: &mut Pipe,

@@ -13,21 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn expect(pipe: &mut Pipe, line: &str, want: &str) {
-    assert_eq!(pipe.cmd(line).await, want, "reply to {line}");
-}
-
-async fn register_quiet(pipe: &mut Pipe, service: &str, instance: &str) -> String {
-    let sid = pipe.register(service, instance).await;
-    expect(
-        pipe,
-        &format!("OPTIONS_SET|{sid}|ALL|health_check_interval|0"),
-        "OPTIONS_OK",
-    )
-    .await;
-    sid
-}
-
 /// A fresh app, a backend, and a session serving `maint.example.com` `/` from it.
 async fn setup() -> (TestApp, Backend, Pipe, String, String) {
     let app = TestApp::start().await;

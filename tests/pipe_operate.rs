@@ -16,21 +16,6 @@ use serde_json::{json, Value};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn expect(pipe: &mut Pipe, line: &str, want: &str) {
-    assert_eq!(pipe.cmd(line).await, want, "reply to {line}");
-}
-
-async fn register_quiet(pipe: &mut Pipe, service: &str, instance: &str) -> String {
-    let sid = pipe.register(service, instance).await;
-    expect(
-        pipe,
-        &format!("OPTIONS_SET|{sid}|ALL|health_check_interval|0"),
-        "OPTIONS_OK",
-    )
-    .await;
-    sid
-}
-
 /// A session on a new connection serving `host` `/` from `backend`.
 async fn serve(
     app: &TestApp,

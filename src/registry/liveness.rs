@@ -170,66 +170,49 @@ impl Registry {
     /// Reports a change of a member's live state as an event of its session.
     fn live_event(&self, event: LiveEvent) {
         let mut st = self.lock();
-        match event {
-            LiveEvent::Breaker { member, transition } => {
-                let rid = super::RouteId(member);
-                let Some(owner) = st.route_owner.get(&rid).cloned() else {
-                    return;
-                };
-                let Some(route) = st
-                    .sessions
-                    .get(&owner)
-                    .and_then(|s| s.active.routes.get(&rid))
-                else {
-                    return;
-                };
-                let data = json!({
-                    "backend": route.backend.raw,
+        let member = match &event {
+            LiveEvent::Breaker { member, .. } | LiveEvent::Health { member, .. } => *member,
+        };
+        let rid = super::RouteId(member);
+        // The member may have left since (its route removed, its session ended).
+        let Some(owner) = st.route_owner.get(&rid).cloned() else {
+            return;
+        };
+        let Some(backend) = st
+            .sessions
+            .get(&owner)
+            .and_then(|s| s.active.routes.get(&rid))
+            .map(|r| r.backend.raw.clone())
+        else {
+            return;
+        };
+        let (kind, data) = match event {
+            LiveEvent::Breaker { transition, .. } => (
+                EventType::CircuitBreakerStateChanged,
+                json!({
+                    "backend": backend,
                     "from": transition.from.as_str(),
                     "to": transition.to.as_str(),
                     "failures": transition.failures,
                     "next_attempt": transition.next_attempt.map(super::rfc3339),
-                });
-                self.emit(
-                    &mut st,
-                    EventType::CircuitBreakerStateChanged,
-                    &owner,
-                    Some(rid),
-                    data,
-                );
-            }
+                }),
+            ),
             LiveEvent::Health {
-                member,
                 healthy,
                 reason,
                 status,
-            } => {
-                let rid = super::RouteId(member);
-                let Some(owner) = st.route_owner.get(&rid).cloned() else {
-                    return;
-                };
-                let Some(route) = st
-                    .sessions
-                    .get(&owner)
-                    .and_then(|s| s.active.routes.get(&rid))
-                else {
-                    return;
-                };
-                let data = json!({
-                    "backend": route.backend.raw,
+                ..
+            } => (
+                EventType::BackendHealthChanged,
+                json!({
+                    "backend": backend,
                     "healthy": healthy,
                     "reason": reason,
                     "status_code": status,
-                });
-                self.emit(
-                    &mut st,
-                    EventType::BackendHealthChanged,
-                    &owner,
-                    Some(rid),
-                    data,
-                );
-            }
-        }
+                }),
+            ),
+        };
+        self.emit(&mut st, kind, &owner, Some(rid), data);
     }
 
     async fn run_timers(&self, shutdown: Shutdown) {

@@ -170,6 +170,23 @@ impl Pipe {
     }
 }
 
+/// Sends `line` and asserts its one reply.
+pub async fn expect(pipe: &mut Pipe, line: &str, want: &str) {
+    assert_eq!(pipe.cmd(line).await, want, "reply to {line}");
+}
+
+/// REGISTERs and turns the default health check off, so backends see only proxied requests.
+pub async fn register_quiet(pipe: &mut Pipe, service: &str, instance: &str) -> String {
+    let sid = pipe.register(service, instance).await;
+    expect(
+        pipe,
+        &format!("OPTIONS_SET|{sid}|ALL|health_check_interval|0"),
+        "OPTIONS_OK",
+    )
+    .await;
+    sid
+}
+
 /// Parses the JSON payload after the first `|` of a reply whose token is `token`.
 pub fn payload(reply: &str, token: &str) -> serde_json::Value {
     let json = reply

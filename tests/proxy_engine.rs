@@ -121,3 +121,62 @@ async fn rate_limits_use_the_forwarded_address_only_from_trusted_proxies() {
         }
     }
 }
+
+/// Sends a chunked POST of `chunks` × 1 KiB straight over TCP; returns the status line.
+async fn chunked_post(proxy: std::net::SocketAddr, chunks: usize) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let head =
+        "POST /upload HTTP/1.1\r\nHost: shop.example.com\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+    for _ in 0..chunks {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    tokio::time::timeout(REPLY_WAIT, reader.read_line(&mut status))
+        .await
+        .expect("status in time")
+        .expect("read status");
+    status.trim_end().to_string()
+}
+
+#[tokio::test]
+async fn a_streamed_body_past_max_body_size_gets_413() {
+    let app = TestApp::start().await;
+    let backend = Backend::start("b").await;
+    let (mut pipe, sid) = quiet_session(&app, "shop-1").await;
+    let rid = pipe
+        .add_route(&sid, "shop.example.com", "/", &backend.url())
+        .await;
+    assert_eq!(
+        pipe.cmd(&format!("OPTIONS_SET|{sid}|{rid}|max_body_size|2K"))
+            .await,
+        "OPTIONS_OK"
+    );
+    pipe.apply(&sid).await;
+    assert!(chunked_post(app.proxy_addr(), 2)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(
+        chunked_post(app.proxy_addr(), 6)
+            .await
+            .starts_with("HTTP/1.1 413"),
+        "announced or not, a body over the limit is refused"
+    );
+    let stats = payload(
+        &pipe.cmd(&format!("STATS_GET|{sid}|{rid}")).await,
+        "STATS_OK",
+    );
+    assert_eq!(stats["status_codes"]["413"], 1, "{stats}");
+    assert_eq!(
+        stats["errors"], 0,
+        "the client's fault is not a backend error"
+    );
+}

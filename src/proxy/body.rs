@@ -1,7 +1,7 @@
 //! Body wrappers that count the bytes they carry into a member's statistics.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,45 +12,76 @@ use hyper::body::Incoming;
 use super::live::MemberLive;
 
 /// A request body (`Incoming`) whose data bytes are added to a member's `bytes_received` as
-/// they pass.
+/// they pass, and which fails once more than its limit has passed (`max_body_size` for bodies
+/// whose length was not announced).
 #[derive(Debug)]
 pub struct Counted {
     inner: Incoming,
     sink: Option<Arc<MemberLive>>,
+    /// 0 = unlimited.
+    limit: u64,
+    seen: u64,
+    exceeded: Arc<AtomicBool>,
 }
 
+/// The error of a body that went past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body too large")]
+pub struct TooLarge;
+
 impl Counted {
-    /// Counts into `live`'s `bytes_received`.
-    pub fn new(inner: Incoming, live: Arc<MemberLive>) -> Counted {
+    /// Counts into `live`'s `bytes_received` and stops after `limit` bytes (0 = unlimited);
+    /// `exceeded` is set when it did.
+    pub fn new(
+        inner: Incoming,
+        live: Arc<MemberLive>,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+    ) -> Counted {
         Counted {
             inner,
             sink: Some(live),
+            limit,
+            seen: 0,
+            exceeded,
         }
     }
 
-    /// Passes bytes through without counting.
+    /// Passes bytes through without counting or limiting.
     pub fn uncounted(inner: Incoming) -> Counted {
-        Counted { inner, sink: None }
+        Counted {
+            inner,
+            sink: None,
+            limit: 0,
+            seen: 0,
+            exceeded: Arc::default(),
+        }
     }
 }
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(live)) = (&polled, &self.sink) {
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                live.stats
-                    .bytes_received
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let len = data.len() as u64;
+                self.seen += len;
+                if let Some(live) = &self.sink {
+                    live.stats.bytes_received.fetch_add(len, Ordering::Relaxed);
+                }
+                if self.limit > 0 && self.seen > self.limit {
+                    self.exceeded.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
             }
         }
-        polled
+        polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,7 +240,13 @@ impl Engine {
             headers: req.headers().clone(),
         });
         let (parts, body) = req.into_parts();
-        let body = Either::Left(Counted::new(body, member.live.clone()));
+        let too_large = Arc::new(AtomicBool::new(false));
+        let body = Either::Left(Counted::new(
+            body,
+            member.live.clone(),
+            pool.settings.max_body_size,
+            too_large.clone(),
+        ));
         let Some(mut upstream) = upstream_request(info, pool, &member.upstream, None, parts, body)
         else {
             return page(Page::InvalidHost, info.accept.as_ref(), Some(pool));
@@ -252,7 +258,15 @@ impl Engine {
         }
         let client_upgrade = upgrade.map(|(_, client)| client);
         let (resp, connect_failed) = self
-            .attempt(info, pool, member, permit, upstream, client_upgrade)
+            .attempt(
+                info,
+                pool,
+                member,
+                permit,
+                upstream,
+                client_upgrade,
+                &too_large,
+            )
             .await;
         if !connect_failed {
             return resp;
@@ -287,7 +301,8 @@ impl Engine {
         ) else {
             return resp;
         };
-        self.attempt(info, pool, other, permit, upstream, None)
+        let unlimited = AtomicBool::new(false);
+        self.attempt(info, pool, other, permit, upstream, None, &unlimited)
             .await
             .0
     }
@@ -302,6 +317,7 @@ impl Engine {
         permit: Permit,
         upstream: Request<UpstreamBody>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        too_large: &AtomicBool,
     ) -> (Response<ProxyBody>, bool) {
         let live = &member.live;
         let started = Instant::now();
@@ -344,6 +360,14 @@ impl Engine {
                 }
                 apply_route_headers(resp.headers_mut(), pool, false);
                 (status, resp)
+            }
+            Ok(Err(_)) if too_large.load(Ordering::Acquire) => {
+                // The body outgrew max_body_size while streaming: the client's fault, not the
+                // backend's.
+                (
+                    413,
+                    page(Page::BodyTooLarge, info.accept.as_ref(), Some(pool)),
+                )
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, member = member.id, "upstream transport error");

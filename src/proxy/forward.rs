@@ -264,8 +264,10 @@ impl Engine {
                 member,
                 permit,
                 upstream,
-                client_upgrade,
-                &too_large,
+                Extras {
+                    upgrade: client_upgrade,
+                    too_large: &too_large,
+                },
             )
             .await;
         if !connect_failed {
@@ -302,7 +304,11 @@ impl Engine {
             return resp;
         };
         let unlimited = AtomicBool::new(false);
-        self.attempt(info, pool, other, permit, upstream, None, &unlimited)
+        let extras = Extras {
+            upgrade: None,
+            too_large: &unlimited,
+        };
+        self.attempt(info, pool, other, permit, upstream, extras)
             .await
             .0
     }
@@ -316,9 +322,12 @@ impl Engine {
         member: &Member,
         permit: Permit,
         upstream: Request<UpstreamBody>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        too_large: &AtomicBool,
+        extras: Extras<'_>,
     ) -> (Response<ProxyBody>, bool) {
+        let Extras {
+            upgrade: client_upgrade,
+            too_large,
+        } = extras;
         let live = &member.live;
         let started = Instant::now();
         let _in_flight = live.begin();
@@ -505,6 +514,13 @@ fn retry_after(pool: &Pool) -> HeaderValue {
         .unwrap_or(1)
         .max(1);
     HeaderValue::from(secs)
+}
+
+/// What an attempt needs beyond the request: the client's pending upgrade, and the flag its
+/// body raises when it outgrows `max_body_size`.
+struct Extras<'a> {
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    too_large: &'a AtomicBool,
 }
 
 /// What a retry needs of the original request.

@@ -30,8 +30,10 @@ use super::pages::Page;
 use super::pool::choose;
 use super::snapshot::{BackendProtocol, Member, Pool, Upstream};
 use super::table::{join_path, normalize_host};
+use super::tls::{self, Alpn};
 use super::Engine;
 use crate::shutdown::Shutdown;
+use hyper_rustls::HttpsConnector;
 
 /// Bodies the proxy answers with: the backend's stream, or a built-in page.
 pub type ProxyBody = Either<Counted, Full<Bytes>>;
@@ -40,18 +42,16 @@ pub type ProxyBody = Either<Counted, Full<Bytes>>;
 pub type UpstreamBody = Either<Counted, Empty<Bytes>>;
 
 /// The upstream HTTP client (hyper-util's pooled client for now; PERFORMANCE.md).
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// Builds a pooled upstream client; `h2` speaks HTTP/2 with prior knowledge.
-pub fn upstream_client(connect_timeout: Duration, h2: bool) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
+/// Builds a pooled upstream client: `Alpn::H2` speaks HTTP/2 only (prior knowledge on
+/// `http`), `Any` lets an `https` backend choose; `verify` checks certificates.
+pub fn upstream_client(connect_timeout: Duration, alpn: Alpn, verify: bool) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .http2_only(h2)
+        .http2_only(alpn == Alpn::H2)
         .set_host(false)
-        .build(connector)
+        .build(tls::connector(connect_timeout, alpn, verify))
 }
 
 /// Marks a response whose route has the `compression` option on.
@@ -331,18 +331,20 @@ impl Engine {
         let live = &member.live;
         let started = Instant::now();
         let _in_flight = live.begin();
-        let h2 = match member.protocol {
-            BackendProtocol::H2 => true,
-            BackendProtocol::Http1 => false,
-            BackendProtocol::Auto => is_grpc(upstream.headers()),
+        let alpn = match member.protocol {
+            BackendProtocol::H2 => Alpn::H2,
+            BackendProtocol::Http1 => Alpn::Http1,
+            BackendProtocol::Auto if is_grpc(upstream.headers()) => Alpn::H2,
+            BackendProtocol::Auto => Alpn::Any,
         };
+        let h2 = alpn == Alpn::H2;
         let mut upstream = upstream;
         if h2 {
             *upstream.version_mut() = Version::HTTP_2;
             // HTTP/2 carries the authority in the URI; a Host header is not sent.
             upstream.headers_mut().remove(HOST);
         }
-        let client = self.client_for(member.connect_timeout, h2);
+        let client = self.client_for(member.connect_timeout, alpn, !member.tls_skip_verify);
         let outcome = tokio::time::timeout(member.timeout, client.request(upstream)).await;
         let mut connect_failed = false;
         let (status, resp) = match outcome {
@@ -456,7 +458,7 @@ impl Engine {
             parts,
             body,
         )?;
-        let client = self.client_for(member.connect_timeout, false);
+        let client = self.client_for(member.connect_timeout, Alpn::Http1, true);
         let resp = tokio::time::timeout(member.timeout, client.request(upstream))
             .await
             .ok()?

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::live::MemberLive;
-use super::probe::{self, ProbeClient, ProbeOutcome, ProbeTarget};
+use super::probe::{self, ProbeOutcome, ProbeTarget, Probes};
 use super::LiveEvent;
 
 /// Consecutive failures that take a target down, passes that bring it back.
@@ -28,6 +28,8 @@ pub struct CheckSpec {
     pub timeout: Duration,
     /// The default check of §3.3 passes on any status below 500; explicit checks on 200–399.
     pub lenient: bool,
+    /// Verify the backend's certificate (off for `tls_skip_verify`).
+    pub verify: bool,
 }
 
 /// A member and the check it uses.
@@ -66,13 +68,13 @@ struct Running {
 
 /// Every running check, keyed by what it probes.
 pub struct HealthChecker {
-    client: ProbeClient,
+    client: Probes,
     events: mpsc::UnboundedSender<LiveEvent>,
     running: Mutex<HashMap<CheckSpec, Running>>,
 }
 
 impl HealthChecker {
-    pub fn new(client: ProbeClient, events: mpsc::UnboundedSender<LiveEvent>) -> HealthChecker {
+    pub fn new(client: Probes, events: mpsc::UnboundedSender<LiveEvent>) -> HealthChecker {
         HealthChecker {
             client,
             events,
@@ -137,7 +139,7 @@ impl Drop for HealthChecker {
 }
 
 async fn check_loop(
-    client: ProbeClient,
+    client: Probes,
     spec: CheckSpec,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LiveEvent>,
@@ -147,6 +149,7 @@ async fn check_loop(
         authority: spec.authority.clone(),
         host_header: spec.host_header.clone(),
         path_and_query: spec.path_and_query.clone(),
+        verify: spec.verify,
     };
     let (mut fails, mut passes) = (0u32, 0u32);
     let mut up = true;

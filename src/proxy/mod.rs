@@ -12,6 +12,7 @@ pub mod probe;
 pub mod snapshot;
 pub mod stats;
 pub mod table;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,9 +65,9 @@ pub struct Engine {
     default_connect_timeout: Duration,
     /// Pooled clients for members whose `connect_timeout` is not the default, or that speak
     /// HTTP/2 to their backends.
-    clients: Mutex<std::collections::HashMap<(Duration, bool), forward::UpstreamClient>>,
+    clients: Mutex<std::collections::HashMap<(Duration, tls::Alpn, bool), forward::UpstreamClient>>,
     trusted_proxies: Vec<ipnet::IpNet>,
-    probes: probe::ProbeClient,
+    probes: probe::Probes,
     health: health::HealthChecker,
     live_tx: mpsc::UnboundedSender<LiveEvent>,
     live_rx: Mutex<Option<mpsc::UnboundedReceiver<LiveEvent>>>,
@@ -75,11 +76,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(settings: EngineSettings) -> Arc<Engine> {
         let (live_tx, live_rx) = mpsc::unbounded_channel();
-        let probes = probe::probe_client(settings.connect_timeout);
+        let probes = probe::Probes::new(settings.connect_timeout);
         Arc::new(Engine {
             health: health::HealthChecker::new(probes.clone(), live_tx.clone()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            client: forward::upstream_client(settings.connect_timeout, false),
+            client: forward::upstream_client(settings.connect_timeout, tls::Alpn::Any, true),
             default_connect_timeout: settings.connect_timeout,
             clients: Mutex::new(std::collections::HashMap::new()),
             trusted_proxies: settings.trusted_proxies,
@@ -99,16 +100,17 @@ impl Engine {
     pub(crate) fn client_for(
         &self,
         connect_timeout: Duration,
-        h2: bool,
+        alpn: tls::Alpn,
+        verify: bool,
     ) -> forward::UpstreamClient {
-        if connect_timeout == self.default_connect_timeout && !h2 {
+        if connect_timeout == self.default_connect_timeout && alpn == tls::Alpn::Any && verify {
             return self.client.clone();
         }
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((connect_timeout, h2))
-            .or_insert_with(|| forward::upstream_client(connect_timeout, h2))
+            .entry((connect_timeout, alpn, verify))
+            .or_insert_with(|| forward::upstream_client(connect_timeout, alpn, verify))
             .clone()
     }
 

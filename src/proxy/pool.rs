@@ -91,6 +91,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             protocol: Default::default(),
+            tls_skip_verify: false,
             live: Arc::new(MemberLive::new(std::time::SystemTime::UNIX_EPOCH)),
         }
     }

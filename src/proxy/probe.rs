@@ -7,21 +7,36 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{Request, Uri};
 use http_body_util::Empty;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-/// The client probes use (no bodies; redirects are not followed: hyper never follows them).
-pub type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+use super::tls::{self, Alpn};
 
-pub fn probe_client(connect_timeout: Duration) -> ProbeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector)
+/// A client probes use (no bodies; redirects are not followed: hyper never follows them).
+type ProbeClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The probe clients: TLS verified, and not (for `tls_skip_verify`).
+#[derive(Clone)]
+pub struct Probes {
+    verified: ProbeClient,
+    unverified: ProbeClient,
+}
+
+impl Probes {
+    pub fn new(connect_timeout: Duration) -> Probes {
+        let client = |verify| {
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(tls::connector(connect_timeout, Alpn::Http1, verify))
+        };
+        Probes {
+            verified: client(true),
+            unverified: client(false),
+        }
+    }
 }
 
 /// What to `GET`.
@@ -35,6 +50,8 @@ pub struct ProbeTarget {
     pub host_header: String,
     /// Path and query.
     pub path_and_query: String,
+    /// Verify the backend's certificate (`https`); off for `tls_skip_verify`.
+    pub verify: bool,
 }
 
 /// The outcome of one probe.
@@ -56,10 +73,16 @@ impl ProbeOutcome {
 /// Classifies a client error in the words `backend_health_changed` and `BACKEND_FAIL` use.
 fn describe(error: &hyper_util::client::legacy::Error) -> String {
     let mut text = format!("{error:?}").to_ascii_lowercase();
-    if let Some(src) = std::error::Error::source(error) {
-        text.push_str(&src.to_string().to_ascii_lowercase());
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(src) = source {
+        cause = src.to_string();
+        text.push_str(&cause.to_ascii_lowercase());
+        source = src.source();
     }
-    if text.contains("refused") {
+    if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        format!("tls error: {cause}")
+    } else if text.contains("refused") {
         "connection refused".into()
     } else if text.contains("dns") || text.contains("resolve") || text.contains("lookup") {
         "dns error".into()
@@ -73,16 +96,18 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// Sends one `GET` and waits at most `timeout` for the response headers.
-pub async fn get(client: &ProbeClient, target: &ProbeTarget, timeout: Duration) -> ProbeOutcome {
+pub async fn get(probes: &Probes, target: &ProbeTarget, timeout: Duration) -> ProbeOutcome {
+    let client = if target.verify {
+        &probes.verified
+    } else {
+        &probes.unverified
+    };
     let started = Instant::now();
     let done = |status, error| ProbeOutcome {
         status,
         error,
         elapsed: started.elapsed(),
     };
-    if target.scheme == "https" {
-        return done(None, Some("tls is not supported yet".into()));
-    }
     let uri = Uri::builder()
         .scheme(target.scheme)
         .authority(target.authority.as_str())

@@ -77,6 +77,8 @@ pub struct Member {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub protocol: BackendProtocol,
+    /// Do not verify the backend's certificate (`tls_skip_verify`).
+    pub tls_skip_verify: bool,
     pub live: Arc<MemberLive>,
 }
 

@@ -189,6 +189,10 @@ pub fn health_checks<'a>(
                     interval,
                     timeout,
                     lenient,
+                    verify: !cfg
+                        .option(*id, "tls_skip_verify")
+                        .and_then(parse_bool)
+                        .unwrap_or(false),
                 },
             });
         }
@@ -223,6 +227,10 @@ fn member(
         upstream: upstream_of(&route.backend),
         timeout: duration("timeout").unwrap_or(defaults.timeout),
         connect_timeout: duration("connect_timeout").unwrap_or(defaults.connect_timeout),
+        tls_skip_verify: cfg
+            .option(id, "tls_skip_verify")
+            .and_then(parse_bool)
+            .unwrap_or(false),
         protocol: match cfg.option(id, "backend_protocol") {
             Some("http1") => BackendProtocol::Http1,
             Some("h2") => BackendProtocol::H2,

@@ -214,7 +214,13 @@ impl Registry {
             if let Some(live) = st.members.get(rid) {
                 live.set_maintenance(None);
             }
-            probes.push(probe_target(&route.backend, None));
+            let mut target = probe_target(&route.backend, None);
+            target.verify = !session
+                .active
+                .option(*rid, "tls_skip_verify")
+                .and_then(super::model::parse_bool)
+                .unwrap_or(false);
+            probes.push(target);
         }
         let probes = (!probes.is_empty()).then_some(probes);
         self.begin_completion(

@@ -194,6 +194,7 @@ fn probe_target(url: &BackendUrl, query: Option<&str>) -> ProbeTarget {
         authority: upstream.authority,
         host_header: upstream.host_header,
         path_and_query,
+        verify: true,
     }
 }
 

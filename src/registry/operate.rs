@@ -386,26 +386,39 @@ impl Registry {
         }
         let backend = model::parse_backend(url)?;
         backend_allowed(&backend)?;
-        let target = probe_target(&backend, None);
-        let outcome = self
-            .inner
-            .engine
-            .probe(&target, self.inner.settings.backend_test_timeout)
-            .await;
-        let response_time_ms = outcome.elapsed.as_millis() as u64;
+        let mut target = probe_target(&backend, None);
+        let budget = self.inner.settings.backend_test_timeout;
+        let started = Instant::now();
+        let mut outcome = self.inner.engine.probe(&target, budget).await;
+        let mut tls_error = None;
+        let tls_failed = outcome
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("tls error"));
+        if tls_failed {
+            // One unverified attempt measures reachability, within the same budget.
+            tls_error = outcome.error.take();
+            target.verify = false;
+            let left = budget.saturating_sub(started.elapsed());
+            outcome = self.inner.engine.probe(&target, left).await;
+        }
+        let response_time_ms = started.elapsed().as_millis() as u64;
         Ok(match outcome.status {
             Some(status_code) => BackendTest::Reachable {
                 url: url.to_string(),
                 reachable: true,
                 response_time_ms,
                 status_code,
-                tls_valid: backend.scheme.is_tls().then_some(true),
-                tls_error: None,
+                tls_valid: backend.scheme.is_tls().then_some(tls_error.is_none()),
+                tls_error,
             },
             None => BackendTest::Unreachable {
                 url: url.to_string(),
                 reachable: false,
-                error: outcome.error.unwrap_or_else(|| "error".into()),
+                error: outcome
+                    .error
+                    .or(tls_error)
+                    .unwrap_or_else(|| "error".into()),
                 response_time_ms,
             },
         })

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
@@ -507,9 +507,4 @@ fn list(items: Vec<String>) -> Vec<String> {
 /// A scalar field in the pipe's text form ("" when absent).
 fn text(v: Option<Scalar>) -> String {
     v.map(|s| s.text()).unwrap_or_default()
-}
-
-/// Whether a method carries no body by convention (for the OpenAPI document).
-pub fn bodyless(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::DELETE)
 }

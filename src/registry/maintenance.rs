@@ -168,9 +168,10 @@ impl Registry {
         for rid in &resolved.routes {
             session.maintenance.routes.insert(*rid, mark.clone());
         }
+        let in_proxy = member_mark(&mark);
         for rid in &resolved.routes {
             if let Some(live) = st.members.get(rid) {
-                live.set_maintenance(Some(member_mark(&mark)));
+                live.set_maintenance(Some(in_proxy.clone()));
             }
         }
         let probes = page.map(|(_, probe)| vec![probe]);

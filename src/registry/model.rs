@@ -135,15 +135,6 @@ pub fn duration_in(text: &str, min: Duration, max: Duration) -> Option<Duration>
     parse_duration(text).filter(|d| *d >= min && *d <= max)
 }
 
-/// Formats a duration as PROTOCOL's number of seconds (`30`, `0.5`).
-pub fn seconds_number(d: Duration) -> serde_json::Value {
-    if d.subsec_nanos() == 0 {
-        serde_json::Value::from(d.as_secs())
-    } else {
-        serde_json::Value::from(d.as_secs_f64())
-    }
-}
-
 /// PROTOCOL §1.4 booleans, case-insensitive; anything else is an error.
 pub fn parse_bool(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {

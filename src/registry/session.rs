@@ -101,14 +101,6 @@ impl ConfigSet {
         }
         merged.into_values().collect()
     }
-
-    /// Whether `target` exists in this configuration (`ALL` always does).
-    pub fn has_target(&self, target: Target) -> bool {
-        match target {
-            Target::All => true,
-            Target::Route(id) => self.routes.contains_key(&id),
-        }
-    }
 }
 
 /// One registered instance of a service.
